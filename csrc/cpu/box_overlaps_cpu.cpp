@@ -1,0 +1,189 @@
+// CPU kernels of box_overlaps and its backward.
+//
+// Matrix form: boxes2 is transposed once to four coordinate rows, so the inner
+// loop over boxes2 reads four contiguous streams and writes one contiguous
+// output row: branch-free, so the compiler vectorises it. Rows are split over
+// threads with at::parallel_for. The output (N x M) is the only N x M memory.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <vector>
+
+#include "common/checks.h"
+#include "ops/box_overlaps.h"
+
+namespace pydetops {
+namespace {
+
+// Coordinates in the accumulate type: [4, M] ("coordinate rows") for boxes2 so
+// that the inner loop is unit-stride.
+template <typename acc_t>
+at::Tensor as_coordinate_rows(const at::Tensor& boxes, at::ScalarType acc_type) {
+  return boxes.to(acc_type).t().contiguous();
+}
+
+template <OverlapMode kMode, typename acc_t, typename out_t>
+void overlap_matrix(const acc_t* a, const acc_t* b_rows, int64_t n, int64_t m, acc_t eps, out_t* out) {
+  const acc_t* bx1 = b_rows;
+  const acc_t* by1 = b_rows + m;
+  const acc_t* bx2 = b_rows + 2 * m;
+  const acc_t* by2 = b_rows + 3 * m;
+  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(m, 1));
+  at::parallel_for(0, n, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const acc_t ax1 = a[4 * i], ay1 = a[4 * i + 1], ax2 = a[4 * i + 2], ay2 = a[4 * i + 3];
+      out_t* row = out + i * m;
+      for (int64_t j = 0; j < m; ++j) {
+        row[j] = static_cast<out_t>(
+            box_overlap<kMode, false, acc_t>(ax1, ay1, ax2, ay2, bx1[j], by1[j], bx2[j], by2[j], eps));
+      }
+    }
+  });
+}
+
+template <OverlapMode kMode, typename acc_t, typename out_t>
+void overlap_aligned(const acc_t* a, const acc_t* b, int64_t n, acc_t eps, out_t* out) {
+  at::parallel_for(0, n, 4096, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const acc_t* p = a + 4 * i;
+      const acc_t* q = b + 4 * i;
+      out[i] = static_cast<out_t>(
+          box_overlap<kMode, true, acc_t>(p[0], p[1], p[2], p[3], q[0], q[1], q[2], q[3], eps));
+    }
+  });
+}
+
+template <typename F>
+void dispatch_mode(OverlapMode mode, F&& f) {
+  switch (mode) {
+    case OverlapMode::IoU: f(std::integral_constant<OverlapMode, OverlapMode::IoU>{}); break;
+    case OverlapMode::IoF: f(std::integral_constant<OverlapMode, OverlapMode::IoF>{}); break;
+    case OverlapMode::GIoU: f(std::integral_constant<OverlapMode, OverlapMode::GIoU>{}); break;
+    case OverlapMode::DIoU: f(std::integral_constant<OverlapMode, OverlapMode::DIoU>{}); break;
+    case OverlapMode::CIoU: f(std::integral_constant<OverlapMode, OverlapMode::CIoU>{}); break;
+  }
+}
+
+at::Tensor box_overlaps_cpu(const at::Tensor& boxes1, const at::Tensor& boxes2, c10::string_view mode_name,
+                            bool aligned, double eps) {
+  check_box_overlaps_args(boxes1, boxes2, aligned, eps);
+  const OverlapMode mode = parse_overlap_mode(mode_name);
+  const auto acc_type = accumulate_type_of(boxes1.scalar_type());
+  const auto out_type = box_overlaps_result_type(boxes1.scalar_type(), aligned);
+  const int64_t n = boxes1.size(0), m = boxes2.size(0);
+  at::Tensor out = at::empty(aligned ? at::IntArrayRef{n} : at::IntArrayRef{n, m}, boxes1.options().dtype(out_type));
+  if (out.numel() == 0) return out;
+  const at::Tensor a = boxes1.to(acc_type).contiguous();
+
+  AT_DISPATCH_FLOATING_TYPES(acc_type, "box_overlaps_cpu", [&] {
+    using acc_t = scalar_t;
+    const acc_t e = static_cast<acc_t>(eps);
+    dispatch_mode(mode, [&](auto mode_tag) {
+      constexpr OverlapMode kMode = decltype(mode_tag)::value;
+      if (aligned) {
+        const at::Tensor b = boxes2.to(acc_type).contiguous();
+        AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out_type, "box_overlaps_cpu_out", [&] {
+          overlap_aligned<kMode, acc_t, scalar_t>(a.data_ptr<acc_t>(), b.data_ptr<acc_t>(), n, e,
+                                                  out.data_ptr<scalar_t>());
+        });
+      } else {
+        // Matrix outputs are float32 or float64, i.e. always acc_t.
+        const at::Tensor b_rows = as_coordinate_rows<acc_t>(boxes2, acc_type);
+        overlap_matrix<kMode, acc_t, acc_t>(a.data_ptr<acc_t>(), b_rows.data_ptr<acc_t>(), n, m, e,
+                                            out.data_ptr<acc_t>());
+      }
+    });
+  });
+  return out;
+}
+
+// Backward of the matrix form without races and bit-identical for any thread
+// count: rows are cut into fixed chunks; each chunk writes its own rows of
+// grad1 and its own partial sums of grad2, and the partials are summed in
+// chunk order afterwards.
+template <OverlapMode kMode, typename acc_t>
+void overlap_matrix_backward(const acc_t* g, const acc_t* a, const acc_t* b, int64_t n, int64_t m, acc_t eps,
+                             acc_t* grad_a, acc_t* grad_b) {
+  constexpr int64_t kRowsPerChunk = 64;
+  const int64_t chunks = (n + kRowsPerChunk - 1) / kRowsPerChunk;
+  std::vector<acc_t> partial(static_cast<size_t>(chunks) * m * 4, acc_t(0));
+  at::parallel_for(0, chunks, 1, [&](int64_t c_begin, int64_t c_end) {
+    for (int64_t c = c_begin; c < c_end; ++c) {
+      acc_t* gb_part = partial.data() + c * m * 4;
+      for (int64_t i = c * kRowsPerChunk; i < std::min(n, (c + 1) * kRowsPerChunk); ++i) {
+        acc_t ga[4] = {0, 0, 0, 0};
+        for (int64_t j = 0; j < m; ++j) {
+          const acc_t gij = g[i * m + j];
+          if (gij == acc_t(0)) continue;
+          box_overlap_backward<kMode, false, acc_t>(a + 4 * i, b + 4 * j, eps, gij, ga, gb_part + 4 * j);
+        }
+        for (int k = 0; k < 4; ++k) grad_a[4 * i + k] = ga[k];
+      }
+    }
+  });
+  at::parallel_for(0, m, 256, [&](int64_t begin, int64_t end) {
+    for (int64_t j = begin; j < end; ++j) {
+      acc_t s[4] = {0, 0, 0, 0};
+      for (int64_t c = 0; c < chunks; ++c)
+        for (int k = 0; k < 4; ++k) s[k] += partial[(c * m + j) * 4 + k];
+      for (int k = 0; k < 4; ++k) grad_b[4 * j + k] = s[k];
+    }
+  });
+}
+
+template <OverlapMode kMode, typename acc_t>
+void overlap_aligned_backward(const acc_t* g, const acc_t* a, const acc_t* b, int64_t n, acc_t eps, acc_t* grad_a,
+                              acc_t* grad_b) {
+  at::parallel_for(0, n, 2048, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      acc_t ga[4] = {0, 0, 0, 0}, gb[4] = {0, 0, 0, 0};
+      box_overlap_backward<kMode, true, acc_t>(a + 4 * i, b + 4 * i, eps, g[i], ga, gb);
+      for (int k = 0; k < 4; ++k) {
+        grad_a[4 * i + k] = ga[k];
+        grad_b[4 * i + k] = gb[k];
+      }
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> box_overlaps_backward_cpu(const at::Tensor& grad, const at::Tensor& boxes1,
+                                                             const at::Tensor& boxes2, c10::string_view mode_name,
+                                                             bool aligned, double eps) {
+  check_box_overlaps_args(boxes1, boxes2, aligned, eps);
+  const OverlapMode mode = parse_overlap_mode(mode_name);
+  const int64_t n = boxes1.size(0), m = boxes2.size(0);
+  TORCH_CHECK_VALUE(aligned ? grad.numel() == n : (grad.dim() == 2 && grad.size(0) == n && grad.size(1) == m),
+                    "grad must have the shape of box_overlaps' output, got ", grad.sizes());
+  const auto acc_type = accumulate_type_of(boxes1.scalar_type());
+  const at::Tensor a = boxes1.to(acc_type).contiguous();
+  const at::Tensor b = boxes2.to(acc_type).contiguous();
+  const at::Tensor g = grad.to(acc_type).contiguous();
+  at::Tensor grad_a = at::zeros({n, 4}, a.options());
+  at::Tensor grad_b = at::zeros({m, 4}, a.options());
+  if (n > 0 && m > 0) {
+    AT_DISPATCH_FLOATING_TYPES(acc_type, "box_overlaps_backward_cpu", [&] {
+      using acc_t = scalar_t;
+      const acc_t e = static_cast<acc_t>(eps);
+      dispatch_mode(mode, [&](auto mode_tag) {
+        constexpr OverlapMode kMode = decltype(mode_tag)::value;
+        if (aligned) {
+          overlap_aligned_backward<kMode, acc_t>(g.data_ptr<acc_t>(), a.data_ptr<acc_t>(), b.data_ptr<acc_t>(), n, e,
+                                                 grad_a.data_ptr<acc_t>(), grad_b.data_ptr<acc_t>());
+        } else {
+          overlap_matrix_backward<kMode, acc_t>(g.data_ptr<acc_t>(), a.data_ptr<acc_t>(), b.data_ptr<acc_t>(), n, m,
+                                                e, grad_a.data_ptr<acc_t>(), grad_b.data_ptr<acc_t>());
+        }
+      });
+    });
+  }
+  return {grad_a.to(boxes1.scalar_type()), grad_b.to(boxes2.scalar_type())};
+}
+
+}  // namespace
+}  // namespace pydetops
+
+TORCH_LIBRARY_IMPL(pydetops, CPU, m) {
+  m.impl("box_overlaps", &pydetops::box_overlaps_cpu);
+  m.impl("_box_overlaps_backward", &pydetops::box_overlaps_backward_cpu);
+}

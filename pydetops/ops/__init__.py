@@ -1,0 +1,20 @@
+"""pydetops.ops: drop-in, compiled versions of ``torchvision.ops``.
+
+Every function here calls a ``torch.ops.pydetops.*`` op; importing this package
+also registers the ops' fake (meta) kernels used by ``torch.compile``.
+Boxes are ``(x1, y1, x2, y2)`` with ``0 <= x1 < x2`` and ``0 <= y1 < y2`` unless a
+function says otherwise.
+"""
+from typing import List
+
+import torch
+
+from .boxes import *  # noqa: F401,F403
+from .boxes import __all__ as _boxes_all
+
+__all__ = list(_boxes_all)
+
+
+def registered_op_names() -> List[str]:
+    """Names of the ops pydetops has registered in torch.ops.pydetops."""
+    return sorted({n.split("::", 1)[1] for n in torch._C._dispatch_get_all_op_names() if n.startswith("pydetops::")})
