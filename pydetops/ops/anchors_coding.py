@@ -15,7 +15,7 @@ Boxes are ``(x1, y1, x2, y2)`` in pixels; a box's width is ``x2 - x1`` (no "+1")
   Both are differentiable (w.r.t. the boxes and codes; weights are constants).
 """
 import math
-from typing import List, Optional, Tuple
+from typing import List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -288,7 +288,7 @@ class DefaultBoxGenerator(nn.Module):
 
 
 def yolo_grid(
-    size: List[int], dtype: torch.dtype = torch.float32, device: Optional[torch.device] = None
+    size: Union[int, Tuple[int, int], List[int]], dtype: torch.dtype = torch.float32, device: Optional[torch.device] = None
 ) -> Tensor:
     """Cell offsets of a YOLO grid: Tensor[Sy, Sx, 2] whose [i, j] is (x, y) = (j, i).
 
