@@ -1,0 +1,108 @@
+// CPU kernels of decode_boxes and its backward. Reads the codes in their dtype
+// (float16/bfloat16 converted per element to float32), one (box, class) pair per
+// iteration; pairs are split over threads and each output is written once.
+// The backward parallelises over boxes, so the K class gradients of a box are
+// summed in class order by one thread: bit-identical for any thread count.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include "common/checks.h"
+#include "ops/decode_boxes.h"
+
+namespace pydetops {
+namespace {
+
+at::Tensor decode_boxes_cpu(const at::Tensor& rel_codes, const at::Tensor& boxes, at::ArrayRef<double> weights,
+                            double clamp, at::OptionalIntArrayRef image_size) {
+  check_decode_boxes_args(rel_codes, boxes, weights, clamp, image_size);
+  const int64_t n = rel_codes.size(0), k = rel_codes.size(1) / 4;
+  at::Tensor out = at::empty({n, 4 * k}, rel_codes.options().memory_format(at::MemoryFormat::Contiguous));
+  if (out.numel() == 0) return out;
+  const at::Tensor codes = rel_codes.contiguous();
+  // torchvision casts the boxes to the codes' dtype first (boxes.to(rel_codes.dtype)).
+  const at::Tensor b = boxes.to(rel_codes.scalar_type()).contiguous();
+  const auto acc_type = accumulate_type_of(rel_codes.scalar_type());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, rel_codes.scalar_type(), "decode_boxes_cpu", [&] {
+    using in_t = scalar_t;
+    AT_DISPATCH_FLOATING_TYPES(acc_type, "decode_boxes_cpu_acc", [&] {
+      using acc_t = scalar_t;
+      const auto p = make_decode_params<acc_t>(weights, clamp, image_size);
+      const in_t* c = codes.data_ptr<in_t>();
+      const in_t* bx = b.data_ptr<in_t>();
+      in_t* o = out.data_ptr<in_t>();
+      at::parallel_for(0, n * k, 2048, [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) {
+          const int64_t row = i / k;
+          acc_t box[4], d[4], r[4];
+          for (int j = 0; j < 4; ++j) {
+            box[j] = static_cast<acc_t>(bx[4 * row + j]);
+            d[j] = static_cast<acc_t>(c[4 * i + j]);
+          }
+          coding::decode_box<acc_t>(box, d, p, r);
+          for (int j = 0; j < 4; ++j) o[4 * i + j] = static_cast<in_t>(r[j]);
+        }
+      });
+    });
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> decode_boxes_backward_cpu(const at::Tensor& grad, const at::Tensor& rel_codes,
+                                                             const at::Tensor& boxes, at::ArrayRef<double> weights,
+                                                             double clamp, at::OptionalIntArrayRef image_size) {
+  check_decode_boxes_args(rel_codes, boxes, weights, clamp, image_size);
+  TORCH_CHECK_VALUE(grad.sizes() == rel_codes.sizes(), "grad must have the shape of decode_boxes' output ",
+                    rel_codes.sizes(), ", got ", grad.sizes());
+  const int64_t n = rel_codes.size(0), k = rel_codes.size(1) / 4;
+  const auto acc_type = accumulate_type_of(rel_codes.scalar_type());
+  const auto boxes_grad_type = boxes.is_floating_point() ? boxes.scalar_type() : acc_type;
+  at::Tensor grad_codes = at::empty({n, 4 * k}, rel_codes.options().memory_format(at::MemoryFormat::Contiguous));
+  at::Tensor grad_boxes = at::zeros({n, 4}, rel_codes.options().dtype(acc_type));
+  if (n > 0 && k > 0) {
+    const at::Tensor codes = rel_codes.contiguous();
+    const at::Tensor g = grad.to(rel_codes.scalar_type()).contiguous();
+    const at::Tensor b = boxes.to(rel_codes.scalar_type()).contiguous();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, rel_codes.scalar_type(), "decode_boxes_backward_cpu", [&] {
+      using in_t = scalar_t;
+      AT_DISPATCH_FLOATING_TYPES(acc_type, "decode_boxes_backward_cpu_acc", [&] {
+        using acc_t = scalar_t;
+        const auto p = make_decode_params<acc_t>(weights, clamp, image_size);
+        const in_t* c = codes.data_ptr<in_t>();
+        const in_t* gp = g.data_ptr<in_t>();
+        const in_t* bx = b.data_ptr<in_t>();
+        in_t* gc = grad_codes.data_ptr<in_t>();
+        acc_t* gb = grad_boxes.data_ptr<acc_t>();
+        at::parallel_for(0, n, std::max<int64_t>(1, 2048 / k), [&](int64_t begin, int64_t end) {
+          for (int64_t row = begin; row < end; ++row) {
+            acc_t box[4], gbox[4] = {0, 0, 0, 0};
+            for (int j = 0; j < 4; ++j) box[j] = static_cast<acc_t>(bx[4 * row + j]);
+            for (int64_t cls = 0; cls < k; ++cls) {
+              const int64_t i = row * k + cls;
+              acc_t d[4], go[4], gd[4];
+              for (int j = 0; j < 4; ++j) {
+                d[j] = static_cast<acc_t>(c[4 * i + j]);
+                go[j] = static_cast<acc_t>(gp[4 * i + j]);
+              }
+              coding::decode_box_backward<acc_t>(box, d, p, go, gd, gbox);
+              for (int j = 0; j < 4; ++j) gc[4 * i + j] = static_cast<in_t>(gd[j]);
+            }
+            for (int j = 0; j < 4; ++j) gb[4 * row + j] = gbox[j];
+          }
+        });
+      });
+    });
+  } else {
+    grad_codes.zero_();
+  }
+  return {grad_codes, grad_boxes.to(boxes_grad_type)};
+}
+
+}  // namespace
+}  // namespace pydetops
+
+TORCH_LIBRARY_IMPL(pydetops, CPU, m) {
+  m.impl("decode_boxes", &pydetops::decode_boxes_cpu);
+  m.impl("_decode_boxes_backward", &pydetops::decode_boxes_backward_cpu);
+}
