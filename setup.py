@@ -33,7 +33,11 @@ class CMakeBuild(build_ext):
             sys.exit("pydetops compiles against the torch you have installed, and none was found "
                      "in this build environment. Install torch, then build without isolation:\n"
                      "    pip install --no-build-isolation .")
-        out_dir = Path(self.get_ext_fullpath(ext.name)).resolve().parent
+        target = Path(self.get_ext_fullpath(ext.name)).resolve()
+        # CMake always writes _C into the source package, so that a later plain
+        # `cmake --build build/cmake` updates an editable install in place;
+        # it is then copied to wherever setuptools wants it.
+        out_dir = ROOT / "pydetops"
         # A fixed build folder in the source tree keeps rebuilds incremental
         # (pip's editable builds would otherwise start from scratch each time).
         build_dir = Path(os.environ.get("PYDETOPS_BUILD_DIR", ROOT / "build" / "cmake")).resolve()
@@ -54,6 +58,10 @@ class CMakeBuild(build_ext):
         subprocess.check_call(args)
         jobs = os.environ.get("MAX_JOBS", str(os.cpu_count() or 1))
         subprocess.check_call([cmake, "--build", str(build_dir), "--parallel", jobs])
+        built = out_dir / target.name
+        if built.resolve() != target:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(built, target)
 
 
 setup(
