@@ -305,3 +305,81 @@ def test_roi_align_bad_batch_index_is_safe_on_cuda():
     gi = torch.ops.pydetops._roi_align_backward(g, rois.cuda(), 0.125, 7, 7, n, c, h, w, 2, False)
     torch.cuda.synchronize()
     assert torch.isfinite(gi).all()
+
+
+# ----------------------------------------------------------------- roi_pool
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_roi_pool_forward_cpu_cuda_identical(dtype, channels_last):
+    op = _needs("roi_pool")
+    x, rois = _roi_inputs(dtype, channels_last)
+    out, am = op(x, rois, 0.125, 7, 5)
+    out_c, am_c = op(x.cuda(), rois.cuda(), 0.125, 7, 5)
+    # A max is exact: identical values and positions.
+    assert torch.equal(out_c.cpu(), out)
+    assert torch.equal(am_c.cpu(), am)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+def test_roi_pool_backward_deterministic_matches_cpu_bitwise(dtype):
+    op = _needs("_roi_pool_backward")
+    x, rois = _roi_inputs(dtype, n=1, k=200)
+    rois[:, 0] = 0
+    n, c, h, w = x.shape
+    _, am = torch.ops.pydetops.roi_pool(x, rois, 0.125, 7, 7)
+    g = torch.randn(rois.shape[0], c, 7, 7, dtype=torch.float64).to(dtype)
+    cpu = op(g, rois, am, 0.125, 7, 7, n, c, h, w)
+    prev = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        det = [op(g.cuda(), rois.cuda(), am.cuda(), 0.125, 7, 7, n, c, h, w) for _ in range(3)]
+    finally:
+        torch.use_deterministic_algorithms(prev)
+    # Same RoI order and bin order as the CPU kernel: the same additions.
+    assert all(torch.equal(d.cpu(), cpu) for d in det)
+    fast = op(g.cuda(), rois.cuda(), am.cuda(), 0.125, 7, 7, n, c, h, w)
+    tol = 1e-2 if dtype == torch.float16 else 1e-5
+    torch.testing.assert_close(fast.cpu(), cpu, rtol=tol, atol=tol)
+
+
+# ------------------------------------------------------- ps_roi_align / pool
+
+
+def _ps_inputs(dtype, channels_last=False, k=60, seed=6):
+    x, rois = _roi_inputs(dtype, channels_last, n=2, c=3 * 7 * 7, h=21, w=29, k=k, seed=seed)
+    return x, rois
+
+
+@pytest.mark.parametrize("name,extra", [("ps_roi_align", (2,)), ("ps_roi_align", (0,)), ("ps_roi_pool", ())])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_ps_roi_forward_cpu_cuda_agree(name, extra, dtype, channels_last):
+    op = _needs(name)
+    x, rois = _ps_inputs(dtype, channels_last)
+    cpu = op(x, rois, 0.125, 7, 7, *extra)
+    cuda = op(x.cuda(), rois.cuda(), 0.125, 7, 7, *extra)
+    tol = {torch.float16: 1e-2, torch.bfloat16: 5e-2}.get(dtype, 1e-5)
+    torch.testing.assert_close(cuda.cpu(), cpu, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("name,extra", [("ps_roi_align", (2,)), ("ps_roi_pool", ())])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_ps_roi_backward_deterministic_matches_cpu_bitwise(name, extra, dtype):
+    op = _needs("_" + name + "_backward")
+    x, rois = _ps_inputs(dtype)
+    n, c, h, w = x.shape
+    g = torch.randn(rois.shape[0], c // 49, 7, 7, dtype=torch.float64).to(dtype)
+    args = (0.125, 7, 7) + extra + (n, c, h, w)
+    cpu = op(g, rois, *args)
+    prev = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        det = [op(g.cuda(), rois.cuda(), *args) for _ in range(3)]
+    finally:
+        torch.use_deterministic_algorithms(prev)
+    assert all(torch.equal(d.cpu(), cpu) for d in det)
+    fast = op(g.cuda(), rois.cuda(), *args)
+    tol = 5e-2 if dtype == torch.bfloat16 else 1e-5
+    torch.testing.assert_close(fast.cpu(), cpu, rtol=tol, atol=tol)
