@@ -1,9 +1,10 @@
 // CPU kernels of box_overlaps and its backward.
 //
-// Matrix form: boxes2 is transposed once to four coordinate rows, so the inner
-// loop over boxes2 reads four contiguous streams and writes one contiguous
-// output row: branch-free, so the compiler vectorises it. Rows are split over
-// threads with at::parallel_for. The output (N x M) is the only N x M memory.
+// Matrix form: the per-box terms of boxes2 (corners, area, centre, atan(w/h))
+// are computed once into rows, so the inner loop over boxes2 reads contiguous
+// streams and writes one contiguous output row: branch-free, so the compiler
+// vectorises it (AVX2 where the CPU has it). Rows are split over threads with
+// at::parallel_for. The output (N x M) is the only N x M memory.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -16,40 +17,77 @@
 namespace pydetops {
 namespace {
 
-// Coordinates in the accumulate type: [4, M] ("coordinate rows") for boxes2 so
-// that the inner loop is unit-stride.
-template <typename acc_t>
-at::Tensor as_coordinate_rows(const at::Tensor& boxes, at::ScalarType acc_type) {
-  return boxes.to(acc_type).t().contiguous();
-}
+// GCC on x86-64: also compile the hot row loop for AVX2 and pick the version at
+// load time (ifunc), so one wheel runs everywhere and uses 8-wide float vectors
+// where the CPU has them. No FMA in either version (-ffp-contract=off, and the
+// "avx2" target does not enable FMA), so both give bit-identical results.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(PYDETOPS_NO_TARGET_CLONES)
+#define PYDETOPS_TARGET_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define PYDETOPS_TARGET_CLONES
+#endif
 
-template <OverlapMode kMode, typename acc_t, typename out_t>
-void overlap_matrix(const acc_t* a, const acc_t* b_rows, int64_t n, int64_t m, acc_t eps, out_t* out) {
-  const acc_t* bx1 = b_rows;
-  const acc_t* by1 = b_rows + m;
-  const acc_t* bx2 = b_rows + 2 * m;
-  const acc_t* by2 = b_rows + 3 * m;
-  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(m, 1));
-  at::parallel_for(0, n, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      const acc_t ax1 = a[4 * i], ay1 = a[4 * i + 1], ax2 = a[4 * i + 2], ay2 = a[4 * i + 3];
-      out_t* row = out + i * m;
-      for (int64_t j = 0; j < m; ++j) {
-        row[j] = static_cast<out_t>(
-            box_overlap<kMode, false, acc_t>(ax1, ay1, ax2, ay2, bx1[j], by1[j], bx2[j], by2[j], eps));
-      }
+// Rows of per-box terms of boxes2 ([kTermRows, M], unit stride along M), so that
+// the inner loop reads contiguous streams and writes one contiguous output row:
+// branch-free, so the compiler vectorises it.
+constexpr int kTermRows = 8;  // x1, y1, x2, y2, area, cx, cy, angle
+
+template <OverlapMode kMode, typename acc_t>
+void box_term_rows(const acc_t* boxes, int64_t m, acc_t* rows) {
+  at::parallel_for(0, m, 4096, [&](int64_t begin, int64_t end) {
+    for (int64_t j = begin; j < end; ++j) {
+      const acc_t* p = boxes + 4 * j;
+      const BoxTerms<acc_t> t = box_terms<kMode, acc_t>(p[0], p[1], p[2], p[3]);
+      rows[j] = t.x1; rows[m + j] = t.y1; rows[2 * m + j] = t.x2; rows[3 * m + j] = t.y2;
+      rows[4 * m + j] = t.area; rows[5 * m + j] = t.cx; rows[6 * m + j] = t.cy; rows[7 * m + j] = t.angle;
     }
   });
 }
 
-template <OverlapMode kMode, typename acc_t, typename out_t>
-void overlap_aligned(const acc_t* a, const acc_t* b, int64_t n, acc_t eps, out_t* out) {
+// One output row: box a against every box of the term rows.
+template <OverlapMode kMode, typename acc_t>
+PYDETOPS_TARGET_CLONES void overlap_row(BoxTerms<acc_t> a, const acc_t* __restrict rows, int64_t m, acc_t eps,
+                                        acc_t* __restrict out) {
+  const acc_t* __restrict bx1 = rows;
+  const acc_t* __restrict by1 = rows + m;
+  const acc_t* __restrict bx2 = rows + 2 * m;
+  const acc_t* __restrict by2 = rows + 3 * m;
+  const acc_t* __restrict barea = rows + 4 * m;
+  const acc_t* __restrict bcx = rows + 5 * m;
+  const acc_t* __restrict bcy = rows + 6 * m;
+  const acc_t* __restrict bangle = rows + 7 * m;
+  for (int64_t j = 0; j < m; ++j) {
+    BoxTerms<acc_t> b;
+    b.x1 = bx1[j]; b.y1 = by1[j]; b.x2 = bx2[j]; b.y2 = by2[j];
+    b.area = barea[j];
+    b.cx = bcx[j]; b.cy = bcy[j];
+    b.angle = bangle[j];
+    out[j] = box_overlap_terms<kMode, false, acc_t>(a, b, eps);
+  }
+}
+
+template <OverlapMode kMode, typename acc_t>
+void overlap_matrix(const acc_t* a, const acc_t* b, int64_t n, int64_t m, acc_t eps, acc_t* out) {
+  std::vector<acc_t> rows(static_cast<size_t>(kTermRows) * m);
+  box_term_rows<kMode, acc_t>(b, m, rows.data());
+  // ~64k pairs per task at least: enough work to amortise the task, small
+  // enough to balance the threads.
+  const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(m, 1));
+  at::parallel_for(0, n, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const acc_t* p = a + 4 * i;
+      overlap_row<kMode, acc_t>(box_terms<kMode, acc_t>(p[0], p[1], p[2], p[3]), rows.data(), m, eps, out + i * m);
+    }
+  });
+}
+
+template <OverlapMode kMode, typename acc_t>
+void overlap_aligned(const acc_t* a, const acc_t* b, int64_t n, acc_t eps, acc_t* out) {
   at::parallel_for(0, n, 4096, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       const acc_t* p = a + 4 * i;
       const acc_t* q = b + 4 * i;
-      out[i] = static_cast<out_t>(
-          box_overlap<kMode, true, acc_t>(p[0], p[1], p[2], p[3], q[0], q[1], q[2], q[3], eps));
+      out[i] = box_overlap<kMode, true, acc_t>(p[0], p[1], p[2], p[3], q[0], q[1], q[2], q[3], eps);
     }
   });
 }
@@ -81,17 +119,13 @@ at::Tensor box_overlaps_cpu(const at::Tensor& boxes1, const at::Tensor& boxes2, 
     const acc_t e = static_cast<acc_t>(eps);
     dispatch_mode(mode, [&](auto mode_tag) {
       constexpr OverlapMode kMode = decltype(mode_tag)::value;
+      // The output is always in the accumulate type (float32 or float64).
       if (aligned) {
         const at::Tensor b = boxes2.to(acc_type).contiguous();
-        AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out_type, "box_overlaps_cpu_out", [&] {
-          overlap_aligned<kMode, acc_t, scalar_t>(a.data_ptr<acc_t>(), b.data_ptr<acc_t>(), n, e,
-                                                  out.data_ptr<scalar_t>());
-        });
+        overlap_aligned<kMode, acc_t>(a.data_ptr<acc_t>(), b.data_ptr<acc_t>(), n, e, out.data_ptr<acc_t>());
       } else {
-        // Matrix outputs are float32 or float64, i.e. always acc_t.
-        const at::Tensor b_rows = as_coordinate_rows<acc_t>(boxes2, acc_type);
-        overlap_matrix<kMode, acc_t, acc_t>(a.data_ptr<acc_t>(), b_rows.data_ptr<acc_t>(), n, m, e,
-                                            out.data_ptr<acc_t>());
+        const at::Tensor b = boxes2.to(acc_type).contiguous();
+        overlap_matrix<kMode, acc_t>(a.data_ptr<acc_t>(), b.data_ptr<acc_t>(), n, m, e, out.data_ptr<acc_t>());
       }
     });
   });
