@@ -441,7 +441,7 @@ def test_backward_low_precision(dtype):
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("aligned", [False, True])
 def test_deterministic_across_threads(mode, aligned):
-    n, m = 300, 200  # several 64-row chunks in the matrix backward
+    n, m = 700, 200  # >1 task in the forward (64k pairs each), 11 64-row chunks in the backward
     b1 = rand_boxes(n, dtype=torch.float32)
     b2 = rand_boxes(n if aligned else m, dtype=torch.float32)
     g = torch.randn((n,) if aligned else (n, m))

@@ -21,7 +21,9 @@
 //
 // Everything that depends on one box only (area, centre, atan(w/h)) is a
 // BoxTerms, computed once per box: the matrix kernels precompute them for both
-// box sets and the pair functions only combine two BoxTerms. The result is
+// box sets and the pair functions only combine two BoxTerms. (The CPU kernels
+// take the angle from torch's vectorised atan over all boxes, the values
+// torch.atan gives torchvision; box_terms' scalar atan is the fallback.) The result is
 // bit-identical to computing them per pair, provided the compiler does not
 // contract a*b+c into FMAs differently per call site: compile with
 // -ffp-contract=off (CMakeLists.txt does; nvcc: --fmad=false where bit-equality
