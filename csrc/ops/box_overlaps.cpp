@@ -34,9 +34,10 @@ void check_box_overlaps_args(const at::Tensor& boxes1, const at::Tensor& boxes2,
 }
 
 at::ScalarType box_overlaps_result_type(at::ScalarType boxes_type, bool aligned) {
-  if (boxes_type == at::kDouble) return at::kDouble;
-  if (aligned && at::isFloatingType(boxes_type)) return boxes_type;
-  return at::kFloat;
+  // torchvision: the matrices upcast float16/bfloat16/integers (_upcast), and
+  // the losses too (_upcast_non_float: everything but float32/float64 becomes
+  // float32), so both forms give float32 unless the boxes are float64.
+  return boxes_type == at::kDouble ? at::kDouble : at::kFloat;
 }
 
 at::Tensor box_overlaps(const at::Tensor& boxes1, const at::Tensor& boxes2, c10::string_view mode, bool aligned,
@@ -57,7 +58,9 @@ std::tuple<at::Tensor, at::Tensor> box_overlaps_backward(const at::Tensor& grad,
 }  // namespace pydetops
 
 TORCH_LIBRARY_FRAGMENT(pydetops, m) {
-  m.set_python_module("pydetops.ops");
+  // The module whose import registers the fake kernels (register_fake in
+  // pydetops/ops/boxes.py): torch checks it names exactly that module.
+  m.set_python_module("pydetops.ops.boxes");
   m.def("box_overlaps(Tensor boxes1, Tensor boxes2, str mode=\"iou\", bool aligned=False, float eps=0.0) -> Tensor");
   m.def("_box_overlaps_backward(Tensor grad, Tensor boxes1, Tensor boxes2, str mode, bool aligned, float eps) -> (Tensor, Tensor)");
 }

@@ -15,7 +15,7 @@ std::tuple<at::Tensor, at::Tensor> box_overlaps_backward(const at::Tensor& grad,
 // Shared by every backend: argument checks and the mode name.
 OverlapMode parse_overlap_mode(c10::string_view mode);
 void check_box_overlaps_args(const at::Tensor& boxes1, const at::Tensor& boxes2, bool aligned, double eps);
-// float64 stays float64; aligned float inputs keep their dtype; everything else float32.
+// float64 stays float64; everything else (float32/16, bfloat16, integers) gives float32.
 at::ScalarType box_overlaps_result_type(at::ScalarType boxes_type, bool aligned);
 
 }  // namespace pydetops

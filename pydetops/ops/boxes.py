@@ -64,7 +64,8 @@ def box_overlaps(boxes1: Tensor, boxes2: Tensor, mode: str = "iou", aligned: boo
         eps: added to the denominators as torchvision does (see
             csrc/common/box_overlap_math.h); in matrix form the IoU term has none.
 
-    Returns float64 for float64 boxes, otherwise float32 (aligned float16/bfloat16 boxes keep their dtype).
+    Returns float64 for float64 boxes, otherwise float32 (as torchvision's functions and losses,
+    which upcast float16/bfloat16/integer boxes).
     """
     return torch.ops.pydetops.box_overlaps(boxes1, boxes2, mode, aligned, eps)
 
@@ -137,10 +138,7 @@ def complete_box_iou_loss(boxes1: Tensor, boxes2: Tensor, reduction: str = "none
 def _box_overlaps_fake(boxes1, boxes2, mode="iou", aligned=False, eps=0.0):
     torch._check(boxes1.dim() == 2 and boxes1.shape[1] == 4, lambda: f"boxes1 must be a Tensor[N, 4], got {boxes1.shape}")
     torch._check(boxes2.dim() == 2 and boxes2.shape[1] == 4, lambda: f"boxes2 must be a Tensor[N, 4], got {boxes2.shape}")
-    if boxes1.dtype == torch.float64 or not aligned or not boxes1.is_floating_point():
-        dtype = accumulate_dtype(boxes1.dtype)
-    else:
-        dtype = boxes1.dtype
+    dtype = accumulate_dtype(boxes1.dtype)
     if aligned:
         torch._check(boxes1.shape[0] == boxes2.shape[0], lambda: "aligned=True needs as many boxes2 as boxes1")
         return boxes1.new_empty((boxes1.shape[0],), dtype=dtype)
