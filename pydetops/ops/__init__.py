@@ -11,8 +11,10 @@ import torch
 
 from .boxes import *  # noqa: F401,F403
 from .boxes import __all__ as _boxes_all
+from .nms import *  # noqa: F401,F403
+from .nms import __all__ as _nms_all
 
-__all__ = list(_boxes_all)
+__all__ = list(_boxes_all) + list(_nms_all)
 
 
 def registered_op_names() -> List[str]:
