@@ -112,6 +112,47 @@ def ref_soft_nms(boxes, scores, thr, sigma, score_thr, method):
     return keep, out
 
 
+def ref_nms_rows(boxes, scores, thr):
+    """The same greedy NMS with one float64 IoU row per kept box (simple torch), for larger inputs."""
+    b = boxes.detach().cpu().double()
+    order = _score_order(scores.detach().cpu().double())
+    x1, y1, x2, y2 = b.unbind(1)
+    area = (x2 - x1) * (y2 - y1)
+    sup = torch.zeros(len(order), dtype=torch.bool)
+    keep = []
+    for i in order:
+        if sup[i]:
+            continue
+        keep.append(i)
+        iw = (torch.minimum(x2[i], x2) - torch.maximum(x1[i], x1)).clamp(min=0)
+        ih = (torch.minimum(y2[i], y2) - torch.maximum(y1[i], y1)).clamp(min=0)
+        inter = iw * ih
+        sup |= inter / (area[i] + area - inter) > thr
+    return keep
+
+
+def ref_soft_nms_rows(boxes, scores, sigma, score_thr):
+    """Gaussian Soft-NMS with one float64 row per selected box, for larger inputs."""
+    b = boxes.detach().cpu().double()
+    cur = scores.detach().cpu().double().clone()
+    x1, y1, x2, y2 = b.unbind(1)
+    area = (x2 - x1) * (y2 - y1)
+    alive = cur >= score_thr
+    keep, out = [], []
+    while bool(alive.any()):
+        i = int(torch.where(alive, cur, torch.tensor(-math.inf, dtype=torch.float64)).argmax())  # first max
+        keep.append(i)
+        out.append(float(cur[i]))
+        alive[i] = False
+        iw = (torch.minimum(x2[i], x2) - torch.maximum(x1[i], x1)).clamp(min=0)
+        ih = (torch.minimum(y2[i], y2) - torch.maximum(y1[i], y1)).clamp(min=0)
+        inter = iw * ih
+        iou = torch.nan_to_num(inter / (area[i] + area - inter), nan=0.0)
+        cur = torch.where(alive & (iou > 0), cur * torch.exp(-iou * iou / sigma), cur)
+        alive &= cur >= score_thr
+    return keep, out
+
+
 # -------------------------------------------------------------------- inputs
 
 def random_boxes(n, scale=100.0, max_side=30.0, integer=False, offset=0.0):
@@ -142,8 +183,8 @@ def _to(boxes, dtype, device):
 def test_nms_random(device, dtype, thr):
     # Integer coordinates: IoU is a ratio of small integers, so the float32
     # kernel and the float64 reference agree exactly on "IoU > thr".
-    boxes = _to(random_boxes(300, integer=True), dtype, device)
-    scores = torch.rand(300, device=device).to(dtype)
+    boxes = _to(random_boxes(260, integer=True), dtype, device)
+    scores = torch.rand(260, device=device).to(dtype)
     got = P.nms(boxes, scores, thr)
     assert got.dtype == torch.int64 and got.device.type == device
     assert got.tolist() == ref_nms(boxes, scores, thr)
@@ -313,6 +354,49 @@ def test_nms_thread_count_independent():
         assert torch.equal(c[0], c2[0]) and torch.equal(c[1], c2[1])
     finally:
         torch.set_num_threads(old)
+
+
+def test_row_reference_agrees_with_loop_reference():
+    boxes = clustered_boxes(150)
+    scores = torch.rand(150, dtype=torch.float64)
+    assert ref_nms_rows(boxes, scores, 0.5) == ref_nms(boxes, scores, 0.5)
+    k, s = ref_soft_nms_rows(boxes, scores, 0.5, 0.01)
+    rk, rs = ref_soft_nms(boxes, scores, 0.3, 0.5, 0.01, "gaussian")
+    assert k == rk
+    torch.testing.assert_close(torch.tensor(s), torch.tensor(rs))
+
+
+@pytest.mark.parametrize("layout", ["uniform", "dense", "one_row", "tall_and_wide"])
+def test_nms_large_many_strips(device, layout):
+    # Large enough for the culling index to cut the boxes into many y strips.
+    n = 3000
+    if layout == "uniform":
+        boxes = random_boxes(n, scale=1024, max_side=128)
+    elif layout == "dense":
+        boxes = random_boxes(n, scale=200, max_side=60)
+    elif layout == "one_row":  # all the same y: strips split ties
+        boxes = random_boxes(n, scale=1024, max_side=40)
+        boxes[:, 1] = 5.0
+        boxes[:, 3] = 25.0
+    else:  # a few boxes spanning everything in x or y
+        boxes = random_boxes(n, scale=1024, max_side=30)
+        boxes[:20, 1] = -100.0
+        boxes[:20, 3] = 2000.0
+        boxes[20:40, 0] = -100.0
+        boxes[20:40, 2] = 2000.0
+    boxes[50:60] = boxes[60:70]  # duplicates
+    scores = torch.rand(n, dtype=torch.float64)
+    got = P.nms(boxes.to(device), scores.to(device), 0.5).tolist()
+    assert got == ref_nms_rows(boxes, scores, 0.5)
+
+
+def test_soft_nms_large(device):
+    boxes = random_boxes(1500, scale=400, max_side=60)
+    scores = torch.rand(1500, dtype=torch.float64)
+    keep, dec = P.soft_nms(boxes.to(device), scores.to(device), 0.3, 0.5, 0.05, "gaussian")
+    rk, rs = ref_soft_nms_rows(boxes, scores, 0.5, 0.05)
+    assert keep.tolist() == rk
+    torch.testing.assert_close(dec.cpu(), torch.tensor(rs, dtype=torch.float64))
 
 
 # --------------------------------------------------------------- batched_nms

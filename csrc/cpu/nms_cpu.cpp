@@ -1,18 +1,21 @@
 // CPU kernels of nms, batched_nms and soft_nms.
 //
 // Greedy NMS with spatial culling. The boxes are sorted once by score (the
-// processing order) and once by x1 (the memory order): four coordinate rows
-// and the areas are laid out in x1 order (structure of arrays). When a box is
-// kept, only the boxes that can intersect it in x are tested: those from the
-// first position whose running maximum of x2 exceeds the kept box's x1 to the
-// last one whose x1 is below the kept box's x2 (two binary searches). That
-// range is tested with a branch-free loop the compiler vectorises, OR-ing
-// "IoU > threshold" into a suppressed flag per box. Boxes outside the range
-// have an empty intersection, so IoU 0 (or NaN), which never suppresses: the
-// result is exactly that of the plain O(N^2) greedy loop.
+// processing order). For culling (CullingIndex) they are cut by y1 into strips
+// of equal count (about two mean box heights tall) and sorted by x1 within each
+// strip; coordinates and areas are laid out in that order (structure of
+// arrays). When a box is kept, only the boxes that can intersect it are
+// tested: in each strip whose y extent meets the box's, those from the first
+// position whose running maximum of x2 exceeds the kept box's x1 up to the
+// first whose x1 reaches the kept box's x2 (two binary searches). Each such
+// range is tested with a branch-free loop the compiler vectorises (AVX2 where
+// the CPU has it), OR-ing "IoU > threshold" into a suppressed flag per box.
+// Boxes outside the ranges have an empty intersection, so IoU 0 (or NaN),
+// which never suppresses: the result is exactly that of the plain O(N^2)
+// greedy loop.
 //
 // A box kept later never un-suppresses anything, and a box already kept is
-// never consulted again, so flags may be set on any box of the range without
+// never consulted again, so flags may be set on any box of a range without
 // checking its rank.
 //
 // Boxes with a non-finite coordinate have IoU 0 or NaN with every box: they
@@ -23,9 +26,9 @@
 // Nothing ever compares boxes of two classes, and coordinates are used as they
 // are (no per-class offset), so any coordinate range keeps its precision.
 //
-// soft_nms uses the same x1-ordered layout to decay only the boxes that
-// overlap the box just selected, and a max-heap (with lazy deletion of stale
-// entries) to find the next box.
+// soft_nms uses the same culling index to decay only the boxes that overlap
+// the box just selected (IoUs of a range computed by a vectorised loop first),
+// and a max-heap with lazy decrease-key to find the next box.
 //
 // Score order everywhere: decreasing score, NaN last, ties by lower index
 // (-0.0 and +0.0 tie). Results do not depend on the number of threads.
@@ -36,6 +39,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -73,55 +77,112 @@ std::vector<double> scores_as_double(const at::Tensor& scores) {
 
 // ------------------------------------------------------------ greedy NMS core
 
-// Suppressed flags |= IoU(box, j) > thr for j in [lo, hi) (x1 order).
+// The range loops are compiled twice on x86-64 Linux with GCC, for AVX2 and
+// for the baseline ISA, and the loader picks the one the CPU supports.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define PYDETOPS_SIMD_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define PYDETOPS_SIMD_CLONES
+#endif
+
+// suppressed[j] |= IoU(box, j) > thr for j in [lo, hi).
 template <typename T>
-void suppress_range(const T* __restrict x1, const T* __restrict y1, const T* __restrict x2, const T* __restrict y2,
-                    const T* __restrict area, int32_t* __restrict suppressed, int64_t lo, int64_t hi, T bx1, T by1,
-                    T bx2, T by2, T barea, T thr) {
+PYDETOPS_SIMD_CLONES void suppress_range(const T* __restrict x1, const T* __restrict y1, const T* __restrict x2,
+                                         const T* __restrict y2, const T* __restrict area,
+                                         int32_t* __restrict suppressed, int64_t lo, int64_t hi, T bx1, T by1, T bx2,
+                                         T by2, T barea, T thr) {
   for (int64_t j = lo; j < hi; ++j) {
     const T iou = iou_with_areas(bx1, by1, bx2, by2, barea, x1[j], y1[j], x2[j], y2[j], area[j]);
     suppressed[j] |= static_cast<int32_t>(iou > thr);
   }
 }
 
-// The boxes of one NMS problem laid out in x1 order, finite boxes only.
+// out[j - lo] = IoU(box, j) for j in [lo, hi).
 template <typename T>
-struct XOrderedBoxes {
+PYDETOPS_SIMD_CLONES void iou_range(const T* __restrict x1, const T* __restrict y1, const T* __restrict x2,
+                                    const T* __restrict y2, const T* __restrict area, T* __restrict out, int64_t lo,
+                                    int64_t hi, T bx1, T by1, T bx2, T by2, T barea) {
+  for (int64_t j = lo; j < hi; ++j)
+    out[j - lo] = iou_with_areas(bx1, by1, bx2, by2, barea, x1[j], y1[j], x2[j], y2[j], area[j]);
+}
+
+// The finite boxes of one NMS problem, arranged for culling: cut by y1 into
+// strips of equal count, and sorted by x1 within each strip (structure of
+// arrays). The boxes that may intersect a box lie, in each strip whose y
+// extent meets the box's, between the first position whose running maximum
+// of x2 exceeds the box's x1 and the first whose x1 reaches the box's x2.
+template <typename T>
+struct CullingIndex {
   std::vector<T> x1, y1, x2, y2, area;
-  std::vector<T> x2_running_max;  // max of x2 over positions [0, p]
+  std::vector<T> x2_running_max;  // within the strip: max of x2 over its positions up to p
+  std::vector<int64_t> strip_begin;
+  std::vector<T> strip_y1_min, strip_y2_max;
   std::vector<int32_t> position;  // per input box (rank): its position, or -1 (non-finite box)
   std::vector<int32_t> input;     // per position: the input box (rank)
 
   // boxes: Tensor[*, 4] rows; order[r]: the row of the r-th box of this problem.
   void build(const T* boxes, const int64_t* order, int64_t n) {
-    std::vector<std::pair<T, int32_t>> by_x1;
-    by_x1.reserve(n);
+    std::vector<std::pair<T, int32_t>> keyed;
+    keyed.reserve(n);
     position.assign(n, -1);
+    double height_sum = 0;
+    T y_lo = std::numeric_limits<T>::infinity(), y_hi = -std::numeric_limits<T>::infinity();
     for (int64_t r = 0; r < n; ++r) {
       const T* b = boxes + 4 * order[r];
-      if (std::isfinite(b[0]) && std::isfinite(b[1]) && std::isfinite(b[2]) && std::isfinite(b[3]))
-        by_x1.emplace_back(b[0], static_cast<int32_t>(r));
+      if (!(std::isfinite(b[0]) && std::isfinite(b[1]) && std::isfinite(b[2]) && std::isfinite(b[3]))) continue;
+      keyed.emplace_back(b[1], static_cast<int32_t>(r));
+      if (b[3] > b[1]) height_sum += static_cast<double>(b[3]) - static_cast<double>(b[1]);
+      y_lo = min_of(y_lo, b[1]);
+      y_hi = max_of(y_hi, b[3]);
     }
-    std::sort(by_x1.begin(), by_x1.end());
-    const size_t m = by_x1.size();
+    const int64_t m = static_cast<int64_t>(keyed.size());
+    // About two mean box heights per strip, at least 128 boxes per strip, at most 64 strips.
+    int64_t strips = 1;
+    const double extent = static_cast<double>(y_hi) - static_cast<double>(y_lo);
+    if (m >= 256 && height_sum > 0 && std::isfinite(extent) && std::isfinite(height_sum)) {
+      const double target = extent / (2.0 * height_sum / static_cast<double>(m));
+      strips = std::max<int64_t>(1, std::min<int64_t>({64, m / 128, static_cast<int64_t>(target)}));
+    }
+    if (strips > 1) std::sort(keyed.begin(), keyed.end());
+    strip_begin.resize(strips + 1);
+    for (int64_t k = 0; k <= strips; ++k) strip_begin[k] = m * k / strips;
+    for (int64_t p = 0; p < m; ++p) keyed[p].first = boxes[4 * order[keyed[p].second]];  // now keyed by x1
+    for (int64_t k = 0; k < strips; ++k)
+      std::sort(keyed.begin() + strip_begin[k], keyed.begin() + strip_begin[k + 1]);
+
     x1.resize(m); y1.resize(m); x2.resize(m); y2.resize(m); area.resize(m); x2_running_max.resize(m);
     input.resize(m);
-    for (size_t p = 0; p < m; ++p) {
-      const int32_t r = by_x1[p].second;
-      const T* b = boxes + 4 * order[r];
-      x1[p] = b[0]; y1[p] = b[1]; x2[p] = b[2]; y2[p] = b[3];
-      area[p] = box_area_xyxy(b[0], b[1], b[2], b[3]);
-      x2_running_max[p] = p == 0 ? b[2] : max_of(x2_running_max[p - 1], b[2]);
-      position[r] = static_cast<int32_t>(p);
-      input[p] = r;
+    strip_y1_min.assign(strips, std::numeric_limits<T>::infinity());
+    strip_y2_max.assign(strips, -std::numeric_limits<T>::infinity());
+    for (int64_t k = 0; k < strips; ++k) {
+      for (int64_t p = strip_begin[k]; p < strip_begin[k + 1]; ++p) {
+        const int32_t r = keyed[p].second;
+        const T* b = boxes + 4 * order[r];
+        x1[p] = b[0]; y1[p] = b[1]; x2[p] = b[2]; y2[p] = b[3];
+        area[p] = box_area_xyxy(b[0], b[1], b[2], b[3]);
+        x2_running_max[p] = p == strip_begin[k] ? b[2] : max_of(x2_running_max[p - 1], b[2]);
+        strip_y1_min[k] = min_of(strip_y1_min[k], b[1]);
+        strip_y2_max[k] = max_of(strip_y2_max[k], b[3]);
+        position[r] = static_cast<int32_t>(p);
+        input[p] = r;
+      }
     }
   }
 
-  // The positions [lo, hi) of the boxes that may intersect the box at position p in x.
-  std::pair<int64_t, int64_t> candidates(int64_t p) const {
-    const int64_t lo = std::upper_bound(x2_running_max.begin(), x2_running_max.end(), x1[p]) - x2_running_max.begin();
-    const int64_t hi = std::lower_bound(x1.begin(), x1.end(), x2[p]) - x1.begin();
-    return {lo, std::max(lo, hi)};
+  // Calls f(lo, hi) for the position ranges that hold every box that may
+  // intersect the box at position p (and a few that do not).
+  template <typename F>
+  void for_each_candidate_range(int64_t p, F&& f) const {
+    const T bx1 = x1[p], by1 = y1[p], bx2 = x2[p], by2 = y2[p];
+    const int64_t strips = static_cast<int64_t>(strip_y1_min.size());
+    for (int64_t k = 0; k < strips; ++k) {
+      if (!(strip_y1_min[k] < by2 && strip_y2_max[k] > by1)) continue;
+      const auto first = x2_running_max.begin() + strip_begin[k], last = x2_running_max.begin() + strip_begin[k + 1];
+      const int64_t lo = std::upper_bound(first, last, bx1) - x2_running_max.begin();
+      const int64_t hi = std::lower_bound(x1.begin() + strip_begin[k], x1.begin() + strip_begin[k + 1], bx2) -
+                         x1.begin();
+      if (hi > lo) f(lo, hi);
+    }
   }
 };
 
@@ -130,33 +191,33 @@ struct XOrderedBoxes {
 template <typename T>
 void greedy_nms(const T* boxes, const int64_t* order, int64_t n, T thr, uint8_t* keep) {
   if (n == 0) return;
-  XOrderedBoxes<T> xb;
-  xb.build(boxes, order, n);
-  std::vector<int32_t> suppressed(xb.x1.size(), 0);
-  const T* x1 = xb.x1.data(); const T* y1 = xb.y1.data();
-  const T* x2 = xb.x2.data(); const T* y2 = xb.y2.data();
-  const T* area = xb.area.data();
+  CullingIndex<T> ix;
+  ix.build(boxes, order, n);
+  std::vector<int32_t> suppressed(ix.x1.size(), 0);
+  const T* x1 = ix.x1.data(); const T* y1 = ix.y1.data();
+  const T* x2 = ix.x2.data(); const T* y2 = ix.y2.data();
+  const T* area = ix.area.data();
   int32_t* sup = suppressed.data();
   for (int64_t r = 0; r < n; ++r) {
-    const int32_t p = xb.position[r];
+    const int32_t p = ix.position[r];
     if (p < 0) {  // non-finite: overlaps nothing
       keep[r] = 1;
       continue;
     }
     if (sup[p]) continue;
     keep[r] = 1;
-    const auto range = xb.candidates(p);
-    const int64_t lo = range.first, hi = range.second;
     const T bx1 = x1[p], by1 = y1[p], bx2 = x2[p], by2 = y2[p], ba = area[p];
-    constexpr int64_t kParallelRange = 1 << 16;
-    if (hi - lo >= kParallelRange && !at::in_parallel_region()) {
-      // Disjoint flag writes: the same result for any number of threads.
-      at::parallel_for(lo, hi, kParallelRange / 2, [&](int64_t b, int64_t e) {
-        suppress_range(x1, y1, x2, y2, area, sup, b, e, bx1, by1, bx2, by2, ba, thr);
-      });
-    } else {
-      suppress_range(x1, y1, x2, y2, area, sup, lo, hi, bx1, by1, bx2, by2, ba, thr);
-    }
+    ix.for_each_candidate_range(p, [&](int64_t lo, int64_t hi) {
+      constexpr int64_t kParallelRange = 1 << 16;
+      if (hi - lo >= kParallelRange && !at::in_parallel_region()) {
+        // Disjoint flag writes: the same result for any number of threads.
+        at::parallel_for(lo, hi, kParallelRange / 2, [&](int64_t b, int64_t e) {
+          suppress_range(x1, y1, x2, y2, area, sup, b, e, bx1, by1, bx2, by2, ba, thr);
+        });
+      } else {
+        suppress_range(x1, y1, x2, y2, area, sup, lo, hi, bx1, by1, bx2, by2, ba, thr);
+      }
+    });
   }
 }
 
@@ -283,39 +344,57 @@ void soft_nms_impl(const T* boxes, const S* scores_in, int64_t n, double iou_thr
   std::make_heap(heap.begin(), heap.end());
   std::vector<int64_t> identity(n);
   for (int64_t i = 0; i < n; ++i) identity[i] = i;
-  XOrderedBoxes<T> xb;
-  xb.build(boxes, identity.data(), n);
+  CullingIndex<T> ix;
+  ix.build(boxes, identity.data(), n);
+  std::vector<T> iou_buf;
 
   while (!heap.empty()) {
     std::pop_heap(heap.begin(), heap.end());
     const HeapEntry<S> top = heap.back();
     heap.pop_back();
     const int64_t i = top.idx;
-    if (!alive[i] || !(top.score == cur[i])) continue;  // stale entry
+    if (!alive[i]) continue;
+    // Lazy decrease-key: a decayed score stays in the heap at its old (higher)
+    // value and is re-queued at its current value when it reaches the top. So
+    // every alive box has an entry >= its score, and an entry equal to its
+    // score at the top is the maximum (ties: lower index). Scores that grow
+    // (negative scores times a weight < 1) are queued when they change, and
+    // their entries that fell below the score are dropped here.
+    if (top.score > cur[i]) {
+      heap.push_back({cur[i], i});
+      std::push_heap(heap.begin(), heap.end());
+      continue;
+    }
+    if (top.score < cur[i]) continue;
     alive[i] = 0;
     out_idx.push_back(i);
     out_score.push_back(cur[i]);
-    const int32_t p = xb.position[i];
+    const int32_t p = ix.position[i];
     if (p < 0) continue;  // non-finite box: decays nothing
-    const auto range = xb.candidates(p);
-    const T bx1 = xb.x1[p], by1 = xb.y1[p], bx2 = xb.x2[p], by2 = xb.y2[p], ba = xb.area[p];
-    for (int64_t q = range.first; q < range.second; ++q) {
-      const int64_t j = xb.input[q];
-      if (!alive[j]) continue;
-      const T iou = iou_with_areas(bx1, by1, bx2, by2, ba, xb.x1[q], xb.y1[q], xb.x2[q], xb.y2[q], xb.area[q]);
-      const W w = soft_nms_weight<W>(method, static_cast<W>(iou), thr, sig);
-      if (w == W(1)) continue;
-      const S s_new = static_cast<S>(static_cast<W>(cur[j]) * w);
-      if (method == SoftNmsMethod::Hard || !(static_cast<double>(s_new) >= score_threshold)) {
-        alive[j] = 0;  // removed
-        continue;
-      }
-      if (s_new != cur[j]) {
+    const T bx1 = ix.x1[p], by1 = ix.y1[p], bx2 = ix.x2[p], by2 = ix.y2[p], ba = ix.area[p];
+    ix.for_each_candidate_range(p, [&](int64_t lo, int64_t hi) {
+      iou_buf.resize(hi - lo);
+      iou_range(ix.x1.data(), ix.y1.data(), ix.x2.data(), ix.y2.data(), ix.area.data(), iou_buf.data(), lo, hi, bx1,
+                by1, bx2, by2, ba);
+      for (int64_t q = lo; q < hi; ++q) {
+        const T iou = iou_buf[q - lo];
+        if (!(iou > T(0))) continue;
+        const int64_t j = ix.input[q];
+        if (!alive[j]) continue;
+        const W w = soft_nms_weight<W>(method, static_cast<W>(iou), thr, sig);
+        if (w == W(1)) continue;
+        const S s_new = static_cast<S>(static_cast<W>(cur[j]) * w);
+        if (method == SoftNmsMethod::Hard || !(static_cast<double>(s_new) >= score_threshold)) {
+          alive[j] = 0;  // removed
+          continue;
+        }
+        if (s_new > cur[j]) {
+          heap.push_back({s_new, j});
+          std::push_heap(heap.begin(), heap.end());
+        }
         cur[j] = s_new;
-        heap.push_back({s_new, j});
-        std::push_heap(heap.begin(), heap.end());
       }
-    }
+    });
   }
 }
 
