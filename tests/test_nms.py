@@ -448,6 +448,16 @@ def test_batched_nms_fp16(device):
     assert got.tolist() == ref_batched_nms(boxes, scores, idxs, 0.5)
 
 
+def test_batched_nms_sparse_class_ids(device):
+    # class ids far apart (and the int64 extremes): grouped by a comparison sort, not a counting sort
+    boxes = clustered_boxes(200)
+    scores = torch.rand(200, dtype=torch.float64)
+    ids = torch.tensor([-(2**63), 2**63 - 1, 10**12, -5, 0])
+    idxs = ids[torch.randint(0, 5, (200,))]
+    got = P.batched_nms(boxes.to(device), scores.to(device), idxs.to(device), 0.5)
+    assert got.tolist() == ref_batched_nms(boxes, scores, idxs, 0.5)
+
+
 def test_batched_nms_identical_boxes_other_classes(device):
     boxes = torch.tensor([[0.0, 0, 10, 10]] * 4, device=device)
     scores = torch.tensor([0.9, 0.8, 0.7, 0.95], device=device)

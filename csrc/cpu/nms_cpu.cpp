@@ -258,55 +258,72 @@ at::Tensor nms_cpu(const at::Tensor& boxes, const at::Tensor& scores, double iou
 
 // ---------------------------------------------------------------- batched_nms
 
-struct ClassScoreKey {
-  int64_t cls;
-  uint64_t key;
-  int64_t idx;
-  bool operator<(const ClassScoreKey& o) const {
-    if (cls != o.cls) return cls < o.cls;
-    return key != o.key ? key < o.key : idx < o.idx;
-  }
-};
-
+// Boxes in score order; then grouped by class, keeping the score order within
+// each class (a counting sort when the class ids span a small range).
 at::Tensor batched_nms_cpu(const at::Tensor& boxes, const at::Tensor& scores, const at::Tensor& idxs,
                            double iou_threshold) {
   check_batched_nms_args(boxes, scores, idxs, iou_threshold);
   const int64_t n = boxes.size(0);
   if (n == 0) return at::empty({0}, boxes.options().dtype(at::kLong));
   const std::vector<double> s = scores_as_double(scores);
+  std::vector<ScoreKey> keyed(n);
+  for (int64_t i = 0; i < n; ++i) keyed[i] = {descending_score_key(s[i]), i};
+  std::sort(keyed.begin(), keyed.end());
+
   const at::Tensor cls_t = idxs.to(at::kLong).contiguous();
   const int64_t* cls = cls_t.data_ptr<int64_t>();
-  std::vector<ClassScoreKey> keyed(n);
-  for (int64_t i = 0; i < n; ++i) keyed[i] = {cls[i], descending_score_key(s[i]), i};
-  std::sort(keyed.begin(), keyed.end());
-  std::vector<int64_t> order(n);
+  int64_t cmin = cls[0], cmax = cls[0];
+  for (int64_t i = 1; i < n; ++i) {
+    cmin = std::min(cmin, cls[i]);
+    cmax = std::max(cmax, cls[i]);
+  }
+  // grouped[g]: the box (input index) at place g when grouped by class; seg_start: where each class begins.
+  std::vector<int64_t> grouped(n);
   std::vector<int64_t> seg_start;
-  for (int64_t r = 0; r < n; ++r) {
-    order[r] = keyed[r].idx;
-    if (r == 0 || keyed[r].cls != keyed[r - 1].cls) seg_start.push_back(r);
+  // cmax - cmin computed in unsigned arithmetic: no overflow for any int64 ids.
+  const uint64_t span = static_cast<uint64_t>(cmax) - static_cast<uint64_t>(cmin);
+  if (span < static_cast<uint64_t>(2 * n + 1024)) {
+    std::vector<int64_t> count(span + 2, 0);
+    for (int64_t i = 0; i < n; ++i) ++count[static_cast<uint64_t>(cls[i]) - static_cast<uint64_t>(cmin) + 1];
+    for (uint64_t c = 0; c <= span; ++c) {
+      if (count[c + 1] > 0) seg_start.push_back(count[c]);
+      count[c + 1] += count[c];
+    }
+    for (int64_t r = 0; r < n; ++r) {
+      const int64_t i = keyed[r].idx;
+      grouped[count[static_cast<uint64_t>(cls[i]) - static_cast<uint64_t>(cmin)]++] = i;
+    }
+  } else {
+    std::vector<std::pair<int64_t, int64_t>> by_class(n);  // (class, rank)
+    for (int64_t r = 0; r < n; ++r) by_class[r] = {cls[keyed[r].idx], r};
+    std::sort(by_class.begin(), by_class.end());
+    for (int64_t g = 0; g < n; ++g) {
+      grouped[g] = keyed[by_class[g].second].idx;
+      if (g == 0 || by_class[g].first != by_class[g - 1].first) seg_start.push_back(g);
+    }
   }
   const int64_t nseg = static_cast<int64_t>(seg_start.size());
   seg_start.push_back(n);
 
   const at::Tensor b = boxes_in_acc_type(boxes);
-  std::vector<uint8_t> keep(n, 0);
+  std::vector<uint8_t> keep_grouped(n, 0);
   AT_DISPATCH_FLOATING_TYPES(b.scalar_type(), "batched_nms_cpu", [&] {
     const scalar_t* bp = b.data_ptr<scalar_t>();
     const scalar_t thr = threshold_for<scalar_t>(iou_threshold);
-    // Each class writes only its own segment of keep.
+    // Each class writes only its own part of keep_grouped.
     at::parallel_for(0, nseg, 1, [&](int64_t sb, int64_t se) {
       for (int64_t k = sb; k < se; ++k) {
         const int64_t start = seg_start[k];
-        greedy_nms<scalar_t>(bp, order.data() + start, seg_start[k + 1] - start, thr, keep.data() + start);
+        greedy_nms<scalar_t>(bp, grouped.data() + start, seg_start[k + 1] - start, thr, keep_grouped.data() + start);
       }
     });
   });
-  std::vector<ScoreKey> kept;
+  std::vector<uint8_t> keep(n, 0);  // by input index
+  for (int64_t g = 0; g < n; ++g)
+    if (keep_grouped[g]) keep[grouped[g]] = 1;
+  std::vector<int64_t> out;
   for (int64_t r = 0; r < n; ++r)
-    if (keep[r]) kept.push_back({keyed[r].key, keyed[r].idx});
-  std::sort(kept.begin(), kept.end());
-  std::vector<int64_t> out(kept.size());
-  for (size_t k = 0; k < kept.size(); ++k) out[k] = kept[k].idx;
+    if (keep[keyed[r].idx]) out.push_back(keyed[r].idx);
   return to_index_tensor(out, boxes);
 }
 
