@@ -9,12 +9,14 @@ from typing import List
 
 import torch
 
-from .boxes import *  # noqa: F401,F403
-from .boxes import __all__ as _boxes_all
 from .anchors_coding import *  # noqa: F401,F403
 from .anchors_coding import __all__ as _anchors_coding_all
+from .boxes import *  # noqa: F401,F403
+from .boxes import __all__ as _boxes_all
+from .nms import *  # noqa: F401,F403
+from .nms import __all__ as _nms_all
 
-__all__ = list(_boxes_all) + list(_anchors_coding_all)
+__all__ = list(_boxes_all) + list(_nms_all) + list(_anchors_coding_all)
 
 
 def registered_op_names() -> List[str]:
