@@ -11,8 +11,10 @@ import torch
 
 from .boxes import *  # noqa: F401,F403
 from .boxes import __all__ as _boxes_all
+from .psroi_spp import *  # noqa: F401,F403
+from .psroi_spp import __all__ as _psroi_spp_all
 
-__all__ = list(_boxes_all)
+__all__ = list(_boxes_all) + list(_psroi_spp_all)
 
 
 def registered_op_names() -> List[str]:
