@@ -1,13 +1,13 @@
 // CPU kernels of ps_roi_align and its backward.
 //
-// Forward: one work item per (RoI, bin): the bin's bilinear taps are computed
-// once (common/ps_roi_align_grid.h, common/bilinear.h) and applied to the
-// bin's input channel of every output channel, c_in = (c_out * ph + i) * pw + j.
-// The input is read in place through its strides (channels-last and
-// non-contiguous inputs need no copy).
-// Backward: one work item per (image, bin), owning the grad_input planes of
-// that bin's channels; it visits the image's RoIs in their order, so the sums
-// are the same for any thread count, without atomics.
+// Both directions: one work item per (image, bin). The bin's bilinear taps
+// (common/ps_roi_align_grid.h, common/bilinear.h) are computed once for every
+// RoI of the image, then applied to the bin's input channel of each output
+// channel, c_in = (c_out * ph + i) * pw + j, one channel plane at a time so
+// that the plane stays in cache. The input is read in place through its
+// strides (channels-last and non-contiguous inputs need no copy). In the
+// backward an item owns its grad_input planes and visits the RoIs in order:
+// the sums are the same for any thread count, without atomics.
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -60,6 +60,30 @@ int64_t bin_taps(const acc_t* r, acc_t scale, int64_t i, int64_t j, const PSAlig
   return grid_h * grid_w;
 }
 
+// The taps of one bin for every RoI of one image, flattened: RoI q's taps are
+// taps[span[q] .. span[q + 1]), its sample count count[q] (0: value 0).
+template <typename acc_t>
+struct ImageBinTaps {
+  std::vector<BilinearTap<acc_t>> taps;
+  std::vector<int64_t> span;
+  std::vector<int64_t> count;
+  std::vector<BilinearTap<acc_t>> scratch;
+
+  void build(const acc_t* r, acc_t scale, const RoisByImage& groups, int64_t b, int64_t bin, const PSAlignGeom& g) {
+    taps.clear();
+    span.assign(1, 0);
+    count.clear();
+    for (int64_t q = groups.offset[b]; q < groups.offset[b + 1]; ++q) {
+      count.push_back(bin_taps(r + 5 * groups.order[q], scale, bin / g.pooled_w, bin % g.pooled_w, g, scratch));
+      taps.insert(taps.end(), scratch.begin(), scratch.end());
+      span.push_back(static_cast<int64_t>(taps.size()));
+    }
+  }
+};
+
+// One work item per (image, bin): the bin's taps are computed once for all the
+// image's RoIs, then applied channel plane by channel plane (each plane is
+// read while it is in cache), c_in = c_out * ph * pw + bin.
 template <typename scalar_t, typename acc_t>
 void forward_kernel(const at::Tensor& input, const at::Tensor& rois, acc_t scale, const PSAlignGeom& g,
                     int64_t channels_out, at::Tensor& output) {
@@ -67,28 +91,26 @@ void forward_kernel(const at::Tensor& input, const at::Tensor& rois, acc_t scale
   const int64_t sN = input.stride(0), sC = input.stride(1), sH = input.stride(2), sW = input.stride(3);
   const acc_t* r = rois.data_ptr<acc_t>();
   scalar_t* out = output.data_ptr<scalar_t>();
+  const int64_t batch = input.size(0);
   const int64_t bins = g.pooled_h * g.pooled_w;
-  const int64_t items = rois.size(0) * bins;
+  const RoisByImage groups = group_rois_by_image(r, rois.size(0), batch);
   // Small problems run inline: a parallel region costs more than they do.
-  const int64_t grain = std::max<int64_t>(1, 1024 / std::max<int64_t>(channels_out, 1));
-  at::parallel_for(0, items, grain, [&](int64_t begin, int64_t end) {
-    std::vector<BilinearTap<acc_t>> taps;
+  const int64_t per_item = std::max<int64_t>(1, rois.size(0) / std::max<int64_t>(batch, 1) * channels_out);
+  at::parallel_for(0, batch * bins, std::max<int64_t>(1, 1024 / per_item), [&](int64_t begin, int64_t end) {
+    ImageBinTaps<acc_t> bt;
     for (int64_t item = begin; item < end; ++item) {
-      const int64_t k = item / bins, bin = item % bins;
-      const acc_t* roi = r + 5 * k;
-      const int64_t count = bin_taps(roi, scale, bin / g.pooled_w, bin % g.pooled_w, g, taps);
-      scalar_t* o = out + k * channels_out * bins + bin;
-      if (count == 0) {
-        for (int64_t c = 0; c < channels_out; ++c) o[c * bins] = scalar_t(0);
-        continue;
-      }
-      const acc_t denom = static_cast<acc_t>(count);
-      const scalar_t* image = in + static_cast<int64_t>(roi[0]) * sN;
+      const int64_t b = item / bins, bin = item % bins;
+      bt.build(r, scale, groups, b, bin, g);
+      const int64_t n = groups.offset[b + 1] - groups.offset[b];
+      const int64_t* order = groups.order.data() + groups.offset[b];
       for (int64_t c = 0; c < channels_out; ++c) {
-        const scalar_t* plane = image + (c * bins + bin) * sC;
-        acc_t sum = 0;
-        for (const auto& t : taps) sum += bilinear_value<acc_t>(t, plane, sH, sW);
-        o[c * bins] = static_cast<scalar_t>(sum / denom);
+        const scalar_t* plane = in + b * sN + (c * bins + bin) * sC;
+        for (int64_t q = 0; q < n; ++q) {
+          acc_t sum = 0;
+          for (int64_t t = bt.span[q]; t < bt.span[q + 1]; ++t) sum += bilinear_value<acc_t>(bt.taps[t], plane, sH, sW);
+          const acc_t value = bt.count[q] == 0 ? acc_t(0) : sum / static_cast<acc_t>(bt.count[q]);
+          out[(order[q] * channels_out + c) * bins + bin] = static_cast<scalar_t>(value);
+        }
       }
     }
   });
@@ -110,6 +132,9 @@ at::Tensor ps_roi_align_cpu(const at::Tensor& input, const at::Tensor& rois, dou
   return output;
 }
 
+// One work item per (image, bin), owning the grad_input planes of the bin's
+// channels; the image's RoIs are visited in their order: deterministic for any
+// thread count, no atomics.
 template <typename acc_t>
 void backward_kernel(const at::Tensor& grad, const at::Tensor& rois, acc_t scale, const PSAlignGeom& g,
                      int64_t channels_out, at::Tensor& grad_input) {
@@ -122,24 +147,23 @@ void backward_kernel(const at::Tensor& grad, const at::Tensor& rois, acc_t scale
   const RoisByImage groups = group_rois_by_image(r, rois.size(0), batch);
   const int64_t per_item = std::max<int64_t>(1, rois.size(0) / std::max<int64_t>(batch, 1) * channels_out);
   at::parallel_for(0, batch * bins, std::max<int64_t>(1, 1024 / per_item), [&](int64_t begin, int64_t end) {
-    std::vector<BilinearTap<acc_t>> taps;
+    ImageBinTaps<acc_t> bt;
     for (int64_t item = begin; item < end; ++item) {
       const int64_t b = item / bins, bin = item % bins;
-      acc_t* image = gi + b * channels * plane_size;
-      for (int64_t q = groups.offset[b]; q < groups.offset[b + 1]; ++q) {
-        const int64_t k = groups.order[q];
-        const int64_t count = bin_taps(r + 5 * k, scale, bin / g.pooled_w, bin % g.pooled_w, g, taps);
-        if (count == 0 || taps.empty()) continue;
-        const acc_t denom = static_cast<acc_t>(count);
-        const acc_t* go = gr + k * channels_out * bins + bin;
-        for (int64_t c = 0; c < channels_out; ++c) {
-          const acc_t v = go[c * bins] / denom;
-          acc_t* plane = image + (c * bins + bin) * plane_size;
-          for (const auto& t : taps) {
-            plane[t.y_low * g.width + t.x_low] += t.w_ll * v;
-            plane[t.y_low * g.width + t.x_high] += t.w_lh * v;
-            plane[t.y_high * g.width + t.x_low] += t.w_hl * v;
-            plane[t.y_high * g.width + t.x_high] += t.w_hh * v;
+      bt.build(r, scale, groups, b, bin, g);
+      const int64_t n = groups.offset[b + 1] - groups.offset[b];
+      const int64_t* order = groups.order.data() + groups.offset[b];
+      for (int64_t c = 0; c < channels_out; ++c) {
+        acc_t* plane = gi + (b * channels + c * bins + bin) * plane_size;
+        for (int64_t q = 0; q < n; ++q) {
+          if (bt.count[q] == 0) continue;
+          const acc_t v = gr[(order[q] * channels_out + c) * bins + bin] / static_cast<acc_t>(bt.count[q]);
+          for (int64_t t = bt.span[q]; t < bt.span[q + 1]; ++t) {
+            const BilinearTap<acc_t>& tap = bt.taps[t];
+            plane[tap.y_low * g.width + tap.x_low] += tap.w_ll * v;
+            plane[tap.y_low * g.width + tap.x_high] += tap.w_lh * v;
+            plane[tap.y_high * g.width + tap.x_low] += tap.w_hl * v;
+            plane[tap.y_high * g.width + tap.x_high] += tap.w_hh * v;
           }
         }
       }

@@ -1,15 +1,17 @@
 // CPU kernels of ps_roi_pool (position-sensitive average pooling) and its backward.
 //
-// Forward: one work item per (RoI, bin); the bin's cell range
-// (common/roi_pool_bins.h) is averaged on the bin's input channel of every
-// output channel. The input is read in place through its strides.
-// Backward: one work item per (image, bin), owning the grad_input planes of
-// that bin's channels, visiting the image's RoIs in order: deterministic for
-// any thread count without atomics.
+// Both directions: one work item per (image, bin). The bin's cell ranges
+// (common/roi_pool_bins.h) are laid out once for every RoI of the image, then
+// each output channel's input plane c_in = c_out * ph * pw + bin is visited in
+// turn (it stays in cache). The input is read in place through its strides.
+// In the backward an item owns its grad_input planes and visits the RoIs in
+// order: deterministic for any thread count without atomics.
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
+
+#include <vector>
 
 #include "common/checks.h"
 #include "common/roi_pool_bins.h"
@@ -35,35 +37,45 @@ Rect bin_rect(const acc_t* r, acc_t scale, int64_t i, int64_t j, int64_t ph, int
               pool_bin_range<acc_t>(rr.x0, rr.width, pw, j, width)};
 }
 
+// The cell rectangles of one bin for every RoI of one image, in RoI order.
+template <typename acc_t>
+void image_bin_rects(const acc_t* r, acc_t scale, const RoisByImage& groups, int64_t b, int64_t bin, int64_t ph,
+                     int64_t pw, int64_t height, int64_t width, std::vector<Rect>& rects) {
+  rects.clear();
+  for (int64_t q = groups.offset[b]; q < groups.offset[b + 1]; ++q)
+    rects.push_back(bin_rect(r + 5 * groups.order[q], scale, bin / pw, bin % pw, ph, pw, height, width));
+}
+
 template <typename scalar_t, typename acc_t>
 void forward_kernel(const at::Tensor& input, const at::Tensor& rois, acc_t scale, int64_t ph, int64_t pw,
                     int64_t channels_out, at::Tensor& output) {
   const scalar_t* in = input.data_ptr<scalar_t>();
   const int64_t sN = input.stride(0), sC = input.stride(1), sH = input.stride(2), sW = input.stride(3);
-  const int64_t height = input.size(2), width = input.size(3);
+  const int64_t batch = input.size(0), height = input.size(2), width = input.size(3);
   const acc_t* r = rois.data_ptr<acc_t>();
   scalar_t* out = output.data_ptr<scalar_t>();
   const int64_t bins = ph * pw;
+  const RoisByImage groups = group_rois_by_image(r, rois.size(0), batch);
   // Small problems run inline: a parallel region costs more than they do.
-  const int64_t grain = std::max<int64_t>(1, 1024 / std::max<int64_t>(channels_out, 1));
-  at::parallel_for(0, rois.size(0) * bins, grain, [&](int64_t begin, int64_t end) {
+  const int64_t per_item = std::max<int64_t>(1, rois.size(0) / std::max<int64_t>(batch, 1) * channels_out);
+  at::parallel_for(0, batch * bins, std::max<int64_t>(1, 1024 / per_item), [&](int64_t begin, int64_t end) {
+    std::vector<Rect> rects;
     for (int64_t item = begin; item < end; ++item) {
-      const int64_t k = item / bins, bin = item % bins;
-      const acc_t* roi = r + 5 * k;
-      const Rect rect = bin_rect(roi, scale, bin / pw, bin % pw, ph, pw, height, width);
-      scalar_t* o = out + k * channels_out * bins + bin;
-      if (rect.empty()) {
-        for (int64_t c = 0; c < channels_out; ++c) o[c * bins] = scalar_t(0);
-        continue;
-      }
-      const acc_t area = static_cast<acc_t>((rect.h.end - rect.h.start) * (rect.w.end - rect.w.start));
-      const scalar_t* image = in + static_cast<int64_t>(roi[0]) * sN;
+      const int64_t b = item / bins, bin = item % bins;
+      image_bin_rects(r, scale, groups, b, bin, ph, pw, height, width, rects);
+      const int64_t* order = groups.order.data() + groups.offset[b];
       for (int64_t c = 0; c < channels_out; ++c) {
-        const scalar_t* plane = image + (c * bins + bin) * sC;
-        acc_t sum = 0;
-        for (int64_t h = rect.h.start; h < rect.h.end; ++h)
-          for (int64_t w = rect.w.start; w < rect.w.end; ++w) sum += static_cast<acc_t>(plane[h * sH + w * sW]);
-        o[c * bins] = static_cast<scalar_t>(sum / area);
+        const scalar_t* plane = in + b * sN + (c * bins + bin) * sC;
+        for (size_t q = 0; q < rects.size(); ++q) {
+          const Rect& rect = rects[q];
+          acc_t value = 0;
+          if (!rect.empty()) {
+            for (int64_t h = rect.h.start; h < rect.h.end; ++h)
+              for (int64_t w = rect.w.start; w < rect.w.end; ++w) value += static_cast<acc_t>(plane[h * sH + w * sW]);
+            value /= static_cast<acc_t>((rect.h.end - rect.h.start) * (rect.w.end - rect.w.start));
+          }
+          out[(order[q] * channels_out + c) * bins + bin] = static_cast<scalar_t>(value);
+        }
       }
     }
   });
@@ -98,18 +110,18 @@ void backward_kernel(const at::Tensor& grad, const at::Tensor& rois, acc_t scale
   const RoisByImage groups = group_rois_by_image(r, rois.size(0), batch);
   const int64_t per_item = std::max<int64_t>(1, rois.size(0) / std::max<int64_t>(batch, 1) * channels_out);
   at::parallel_for(0, batch * bins, std::max<int64_t>(1, 1024 / per_item), [&](int64_t begin, int64_t end) {
+    std::vector<Rect> rects;
     for (int64_t item = begin; item < end; ++item) {
       const int64_t b = item / bins, bin = item % bins;
-      acc_t* image = gi + b * channels * plane_size;
-      for (int64_t q = groups.offset[b]; q < groups.offset[b + 1]; ++q) {
-        const int64_t k = groups.order[q];
-        const Rect rect = bin_rect(r + 5 * k, scale, bin / pw, bin % pw, ph, pw, height, width);
-        if (rect.empty()) continue;
-        const acc_t area = static_cast<acc_t>((rect.h.end - rect.h.start) * (rect.w.end - rect.w.start));
-        const acc_t* go = gr + k * channels_out * bins + bin;
-        for (int64_t c = 0; c < channels_out; ++c) {
-          const acc_t v = go[c * bins] / area;
-          acc_t* plane = image + (c * bins + bin) * plane_size;
+      image_bin_rects(r, scale, groups, b, bin, ph, pw, height, width, rects);
+      const int64_t* order = groups.order.data() + groups.offset[b];
+      for (int64_t c = 0; c < channels_out; ++c) {
+        acc_t* plane = gi + (b * channels + c * bins + bin) * plane_size;
+        for (size_t q = 0; q < rects.size(); ++q) {
+          const Rect& rect = rects[q];
+          if (rect.empty()) continue;
+          const acc_t area = static_cast<acc_t>((rect.h.end - rect.h.start) * (rect.w.end - rect.w.start));
+          const acc_t v = gr[(order[q] * channels_out + c) * bins + bin] / area;
           for (int64_t h = rect.h.start; h < rect.h.end; ++h)
             for (int64_t w = rect.w.start; w < rect.w.end; ++w) plane[h * width + w] += v;
         }
