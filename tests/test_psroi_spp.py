@@ -501,6 +501,8 @@ def test_torchscript(device):
         assert torch.equal(s(x, rois), mod(x, rois))
     assert repr(P.SpatialPyramidPooling((3, 1), 0.5)) == "SpatialPyramidPooling(levels=[3, 1], spatial_scale=0.5)"
     assert P.SpatialPyramidPooling().output_features(8) == 8 * 50
+    assert torch.equal(P.spp_pool(x, rois), P.spp_pool(x, rois, (6, 3, 2, 1)))  # default levels, a tuple works
+    assert P.spp_pool(x, rois).shape == (5, 8 * 50)
 
 
 @pytest.mark.parametrize("op", OPS)
