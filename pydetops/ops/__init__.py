@@ -11,8 +11,10 @@ import torch
 
 from .boxes import *  # noqa: F401,F403
 from .boxes import __all__ as _boxes_all
+from .roi import *  # noqa: F401,F403
+from .roi import __all__ as _roi_all
 
-__all__ = list(_boxes_all)
+__all__ = list(_boxes_all) + list(_roi_all)
 
 
 def registered_op_names() -> List[str]:

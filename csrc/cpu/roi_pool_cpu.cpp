@@ -1,0 +1,176 @@
+// CPU kernels of roi_pool and its backward.
+//
+// Forward: parallel over (RoI, block of channels); the bin edges are computed
+// once per bin and shared by the block. Channels-last input is read in place
+// with the channel loop innermost (contiguous); other layouts plane by plane.
+// The output and argmax are contiguous [K, C, pooled_h, pooled_w].
+// Backward: parallel over (image, block of channels); each task owns those
+// grad_input planes and adds the RoIs of its image in increasing order, so the
+// result is bit-identical for any thread count.
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cfloat>
+#include <vector>
+
+#include "common/checks.h"
+#include "common/roi_math.h"
+#include "ops/roi_align.h"
+#include "ops/roi_pool.h"
+
+namespace pydetops {
+namespace {
+
+constexpr int64_t kBlock = 16;
+
+template <typename scalar_t, typename acc_t>
+void roi_pool_forward_kernel(const at::Tensor& input, const acc_t* rois, int64_t K, double scale, int64_t PH,
+                             int64_t PW, scalar_t* out, int64_t* argmax) {
+  const int64_t C = input.size(1), H = input.size(2), W = input.size(3);
+  const int64_t sN = input.stride(0), sC = input.stride(1), sH = input.stride(2), sW = input.stride(3);
+  const scalar_t* data = input.data_ptr<scalar_t>();
+  const int64_t nb = (C + kBlock - 1) / kBlock, ohw = PH * PW;
+  const bool interleaved = sC == 1 && C > 1;
+  at::parallel_for(0, K * nb, 1, [&](int64_t t_begin, int64_t t_end) {
+    acc_t m[kBlock];
+    int64_t idx[kBlock];
+    for (int64_t t = t_begin; t < t_end; ++t) {
+      const int64_t k = t / nb, c0 = (t % nb) * kBlock, cbn = std::min(kBlock, C - c0);
+      const acc_t* roi = rois + 5 * k;
+      const int64_t n = static_cast<int64_t>(roi[0]);
+      const RoIPoolBox b = roi_pool_box<acc_t>(roi[1], roi[2], roi[3], roi[4], scale);
+      const scalar_t* base = data + n * sN + c0 * sC;
+      scalar_t* o = out + (k * C + c0) * ohw;
+      int64_t* a = argmax + (k * C + c0) * ohw;
+      for (int64_t ph = 0; ph < PH; ++ph) {
+        int64_t hs, he;
+        roi_pool_bin<acc_t>(ph, PH, b.start_h, b.height, H, &hs, &he);
+        for (int64_t pw = 0; pw < PW; ++pw) {
+          int64_t ws, we;
+          roi_pool_bin<acc_t>(pw, PW, b.start_w, b.width, W, &ws, &we);
+          const int64_t cell = ph * PW + pw;
+          if (!b.valid || he <= hs || we <= ws) {
+            for (int64_t c = 0; c < cbn; ++c) {
+              o[c * ohw + cell] = scalar_t(0);
+              a[c * ohw + cell] = -1;
+            }
+            continue;
+          }
+          for (int64_t c = 0; c < cbn; ++c) {
+            m[c] = static_cast<acc_t>(-FLT_MAX);
+            idx[c] = -1;
+          }
+          if (interleaved) {
+            for (int64_t h = hs; h < he; ++h)
+              for (int64_t w = ws; w < we; ++w) {
+                const scalar_t* px = base + h * sH + w * sW;
+                const int64_t flat = h * W + w;
+                for (int64_t c = 0; c < cbn; ++c) {
+                  const acc_t v = static_cast<acc_t>(px[c]);
+                  if (v > m[c]) {
+                    m[c] = v;
+                    idx[c] = flat;
+                  }
+                }
+              }
+          } else {
+            for (int64_t c = 0; c < cbn; ++c) {
+              const scalar_t* plane = base + c * sC;
+              acc_t mc = m[c];
+              int64_t ic = idx[c];
+              for (int64_t h = hs; h < he; ++h)
+                for (int64_t w = ws; w < we; ++w) {
+                  const acc_t v = static_cast<acc_t>(plane[h * sH + w * sW]);
+                  if (v > mc) {
+                    mc = v;
+                    ic = h * W + w;
+                  }
+                }
+              m[c] = mc;
+              idx[c] = ic;
+            }
+          }
+          for (int64_t c = 0; c < cbn; ++c) {
+            o[c * ohw + cell] = static_cast<scalar_t>(m[c]);
+            a[c * ohw + cell] = idx[c];
+          }
+        }
+      }
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> roi_pool_cpu(const at::Tensor& input, const at::Tensor& boxes,
+                                                double spatial_scale, int64_t pooled_height, int64_t pooled_width) {
+  check_roi_align_args(input, boxes, spatial_scale, pooled_height, pooled_width);
+  const int64_t K = boxes.size(0), C = input.size(1);
+  at::Tensor out = at::empty({K, C, pooled_height, pooled_width}, input.options());
+  at::Tensor argmax = at::empty({K, C, pooled_height, pooled_width}, input.options().dtype(at::kLong));
+  if (out.numel() == 0) return {out, argmax};
+  const auto acc_type = accumulate_type_of(input.scalar_type());
+  const at::Tensor rois = boxes.to(acc_type).contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "roi_pool_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    roi_pool_forward_kernel<scalar_t, acc_t>(input, rois.data_ptr<acc_t>(), K, spatial_scale, pooled_height,
+                                             pooled_width, out.data_ptr<scalar_t>(), argmax.data_ptr<int64_t>());
+  });
+  return {out, argmax};
+}
+
+at::Tensor roi_pool_backward_cpu(const at::Tensor& grad, const at::Tensor& boxes, const at::Tensor& argmax,
+                                 double spatial_scale, int64_t pooled_height, int64_t pooled_width,
+                                 int64_t batch_size, int64_t channels, int64_t height, int64_t width) {
+  check_roi_pool_backward_args(grad, boxes, argmax, spatial_scale, pooled_height, pooled_width, batch_size, channels,
+                               height, width);
+  TORCH_CHECK_TYPE(boxes.scalar_type() == grad.scalar_type(), "boxes must have the dtype of grad (",
+                   grad.scalar_type(), "), got ", boxes.scalar_type());
+  const auto acc_type = accumulate_type_of(grad.scalar_type());
+  at::Tensor gi = at::zeros({batch_size, channels, height, width}, grad.options().dtype(acc_type));
+  const int64_t K = boxes.size(0), C = channels, HW = height * width, ohw = pooled_height * pooled_width;
+  if (gi.numel() > 0 && K > 0) {
+    const at::Tensor rois = boxes.to(at::kDouble).contiguous();
+    const double* r = rois.data_ptr<double>();
+    // RoIs of each image, in increasing order.
+    std::vector<int64_t> begin(batch_size + 1, 0), order(K);
+    for (int64_t k = 0; k < K; ++k) ++begin[static_cast<int64_t>(r[5 * k]) + 1];
+    for (int64_t n = 0; n < batch_size; ++n) begin[n + 1] += begin[n];
+    std::vector<int64_t> fill(begin.begin(), begin.end() - 1);
+    for (int64_t k = 0; k < K; ++k) order[fill[static_cast<int64_t>(r[5 * k])]++] = k;
+    const at::Tensor am = argmax.contiguous();
+    const at::Tensor g = grad.to(acc_type).contiguous();
+    const int64_t* a = am.data_ptr<int64_t>();
+    const int64_t nb = (C + kBlock - 1) / kBlock;
+    AT_DISPATCH_FLOATING_TYPES(acc_type, "roi_pool_backward_cpu", [&] {
+      const scalar_t* gp = g.data_ptr<scalar_t>();
+      scalar_t* out = gi.data_ptr<scalar_t>();
+      at::parallel_for(0, batch_size * nb, 1, [&](int64_t t_begin, int64_t t_end) {
+        for (int64_t t = t_begin; t < t_end; ++t) {
+          const int64_t n = t / nb, c0 = (t % nb) * kBlock, c1 = std::min(C, c0 + kBlock);
+          for (int64_t i = begin[n]; i < begin[n + 1]; ++i) {
+            const int64_t k = order[i];
+            for (int64_t c = c0; c < c1; ++c) {
+              scalar_t* plane = out + (n * C + c) * HW;
+              const int64_t* ak = a + (k * C + c) * ohw;
+              const scalar_t* gk = gp + (k * C + c) * ohw;
+              for (int64_t j = 0; j < ohw; ++j) {
+                const int64_t pos = ak[j];
+                if (pos >= 0 && pos < HW) plane[pos] += gk[j];
+              }
+            }
+          }
+        }
+      });
+    });
+  }
+  return gi.to(grad.scalar_type());
+}
+
+}  // namespace
+}  // namespace pydetops
+
+TORCH_LIBRARY_IMPL(pydetops, CPU, m) {
+  m.impl("roi_pool", &pydetops::roi_pool_cpu);
+  m.impl("_roi_pool_backward", &pydetops::roi_pool_backward_cpu);
+}
