@@ -11,8 +11,12 @@ import torch
 
 from .boxes import *  # noqa: F401,F403
 from .boxes import __all__ as _boxes_all
+from .conv_transpose import *  # noqa: F401,F403
+from .conv_transpose import __all__ as _conv_transpose_all
+from .unpool import *  # noqa: F401,F403
+from .unpool import __all__ as _unpool_all
 
-__all__ = list(_boxes_all)
+__all__ = list(_boxes_all) + list(_conv_transpose_all) + list(_unpool_all)
 
 
 def registered_op_names() -> List[str]:
