@@ -1,21 +1,25 @@
 // CPU kernels of conv_transpose2d and its backward.
 //
-// Forward, per group g (C_in/g input channels, C_out/g output channels):
-//   columns_g [C_out/g * kH * kW, B*H*W] = weight_g^T [.., C_in/g] @ input_g [C_in/g, B*H*W]
-// one GEMM for a whole batch chunk B (input is laid out channel-major once),
-// then col2im: every (image, output channel) plane is owned by one task,
-// which starts from the bias and scatter-adds its kH*kW column rows into the
-// plane (taps in a fixed order: deterministic, race-free, no atomics).
-//
-// Backward: im2col gathers grad_output into the same columns layout (zeros
-// where a tap falls outside the output), then
-//   grad_input_g  = weight_g [C_in/g, C_out/g*kH*kW] @ columns_g
-//   grad_weight_g += input_g @ columns_g^T            (batch chunks in order)
+// Columns are kept patch-major: one row per input pixel (image, h, w), holding
+// for every output channel its kH x kW patch, i.e. [B*H*W, C_out*kH*kW]. Per
+// group g (C_in/g input channels, C_out/g output channels):
+//   forward   columns[:, g] = input_g^T [B*H*W, C_in/g] @ weight_g [C_in/g, C_out/g*kH*kW]
+// for a chunk of B images (one GEMM; B grows until the GEMM is not skinny), then
+// col2im: every (image, output channel) plane is owned by one task, which adds
+// each pixel's patch, kW contiguous values per kernel row, into a zeroed
+// "full" plane ((H-1)*sh + (kH-1)*dh + 1 rows, likewise columns) where every
+// patch fits, so the inner loop has no bounds checks and vectorises; then it
+// crops the padding, adds the bias and writes the output plane. Fixed order,
+// race-free, no atomics.
+// Backward: im2col is the inverse gather (from a zero-bordered copy of the
+// grad_output plane), then
+//   grad_input_g  = weight_g @ columns[:, g]^T
+//   grad_weight_g += input_g @ columns[:, g]        (batch chunks in order)
 //   grad_bias[c]  = sum of grad_output[:, c]          (one task per channel)
-// The batch is cut into chunks only when the columns would exceed
-// kColumnsBudget elements; the cut depends on the shapes alone.
+// Chunking and the choice of where threads go depend on the shapes alone.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/record_function.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -35,106 +39,201 @@ int64_t grain_for(int64_t work_per_task) {
   return std::max<int64_t>(1, kMinTaskWork / std::max<int64_t>(1, work_per_task));
 }
 
+constexpr int64_t kMinGemmColumns = 512;             // forward: images per GEMM until it has this many columns
+constexpr int64_t kPerThreadColumns = int64_t(1) << 22; // forward: largest per-thread columns buffer (16 MiB f32)
+
+// Forward: images per GEMM. Enough images that the GEMM is not skinny (small planes,
+// e.g. DCGAN's 4x4), few enough that the columns stay within the budget. Shapes only.
+int64_t images_per_gemm(const ConvTranspose2dShape& s) {
+  const int64_t hw = s.h_in * s.w_in;
+  const int64_t per_image = std::max<int64_t>(1, s.c_out * s.kh * s.kw * hw);
+  const int64_t want = (kMinGemmColumns + hw - 1) / hw;
+  return std::max<int64_t>(1, std::min({s.batch, want, kColumnsBudget / per_image}));
+}
+
 int64_t batch_chunk(const ConvTranspose2dShape& s) {
   const int64_t per_image = std::max<int64_t>(1, s.c_out * s.kh * s.kw * s.h_in * s.w_in);
   return std::max<int64_t>(1, std::min<int64_t>(s.batch, kColumnsBudget / per_image));
 }
 
-// dst[w * S] += src[w] for w in [0, n): S a compile-time stride for the common cases.
-template <int S, typename T>
-inline void scatter_add_row(T* __restrict dst, const T* __restrict src, int64_t n, int64_t stride) {
-  if (S > 0) {
-    for (int64_t w = 0; w < n; ++w) dst[w * S] += src[w];
+// The "full" plane of one output channel: every tap of every input pixel lands inside it.
+struct FullPlane {
+  int64_t rows, cols;
+  explicit FullPlane(const ConvTranspose2dShape& s)
+      : rows((s.h_in - 1) * s.sh + (s.kh - 1) * s.dh + 1), cols((s.w_in - 1) * s.sw + (s.kw - 1) * s.dw + 1) {}
+  int64_t size() const { return rows * cols; }
+};
+
+// d[kj * DW] += p[kj] for kj < kw; KW, DW > 0 are compile-time for the common cases.
+template <int KW, int DW, typename T>
+__attribute__((always_inline)) inline void add_patch_row(T* __restrict d, const T* __restrict p, int64_t kw, int64_t dw) {
+  if (KW > 0 && DW > 0) {
+    for (int kj = 0; kj < KW; ++kj) d[kj * DW] += p[kj];
+  } else if (DW > 0) {
+    for (int64_t kj = 0; kj < kw; ++kj) d[kj * DW] += p[kj];
   } else {
-    for (int64_t w = 0; w < n; ++w) dst[w * stride] += src[w];
+    for (int64_t kj = 0; kj < kw; ++kj) d[kj * dw] += p[kj];
   }
 }
 
-template <int S, typename T>
-inline void gather_row(T* __restrict dst, const T* __restrict src, int64_t n, int64_t stride) {
-  if (S > 0) {
-    for (int64_t w = 0; w < n; ++w) dst[w] = src[w * S];
+template <int KW, int DW, typename T>
+__attribute__((always_inline)) inline void get_patch_row(T* __restrict p, const T* __restrict d, int64_t kw, int64_t dw) {
+  if (KW > 0 && DW > 0) {
+    for (int kj = 0; kj < KW; ++kj) p[kj] = d[kj * DW];
+  } else if (DW > 0) {
+    for (int64_t kj = 0; kj < kw; ++kj) p[kj] = d[kj * DW];
   } else {
-    for (int64_t w = 0; w < n; ++w) dst[w] = src[w * stride];
+    for (int64_t kj = 0; kj < kw; ++kj) p[kj] = d[kj * dw];
   }
 }
 
-// columns: [G][C_out/g * kH * kW][nb * H * W]; out: the nb images' [C_out, Ho, Wo] planes.
-template <int S, typename acc_t>
-void col2im(const acc_t* cols, const acc_t* bias, const ConvTranspose2dShape& s, int64_t nb, acc_t* out) {
+// Work of tasks [begin, end) of col2im: task = (image, output channel).
+// columns: [nb*H*W, C_out*kk] (row stride ldc); out: the nb images' [C_out, Ho, Wo] planes.
+template <int KW, int DW, typename acc_t>
+__attribute__((always_inline)) inline void col2im_tasks(const acc_t* cols, int64_t ldc, const acc_t* bias,
+                                                        const ConvTranspose2dShape& s, acc_t* out, acc_t* buf,
+                                                        int64_t begin, int64_t end) {
   const int64_t hw = s.h_in * s.w_in, plane_size = s.h_out * s.w_out, kk = s.kh * s.kw;
-  const int64_t cols_width = nb * hw;
-  at::parallel_for(0, nb * s.c_out, grain_for(kk * hw + plane_size), [&](int64_t begin, int64_t end) {
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t n = task / s.c_out, co = task % s.c_out;
-      acc_t* plane = out + task * plane_size;
-      const acc_t b = bias ? bias[co] : acc_t(0);
-      std::fill(plane, plane + plane_size, b);
-      // Row co*kk of the group-major columns = row (g, co % c_out_g) since groups stack in order.
-      const acc_t* rows = cols + co * kk * cols_width + n * hw;
-      for (int64_t ki = 0; ki < s.kh; ++ki) {
-        int64_t h_lo, h_hi;
-        conv_transpose_valid_range(s.h_in, s.h_out, ki, s.sh, s.ph, s.dh, &h_lo, &h_hi);
-        for (int64_t kj = 0; kj < s.kw; ++kj) {
-          int64_t w_lo, w_hi;
-          conv_transpose_valid_range(s.w_in, s.w_out, kj, s.sw, s.pw, s.dw, &w_lo, &w_hi);
-          if (w_lo >= w_hi) continue;
-          const acc_t* row = rows + (ki * s.kw + kj) * cols_width;
-          for (int64_t h = h_lo; h < h_hi; ++h) {
-            const int64_t oh = conv_transpose_target(h, ki, s.sh, s.ph, s.dh);
-            const int64_t ow = conv_transpose_target(w_lo, kj, s.sw, s.pw, s.dw);
-            scatter_add_row<S>(plane + oh * s.w_out + ow, row + h * s.w_in + w_lo, w_hi - w_lo, s.sw);
-          }
-        }
+  const FullPlane full(s);
+  for (int64_t task = begin; task < end; ++task) {
+    const int64_t n = task / s.c_out, co = task % s.c_out;
+    std::fill(buf, buf + full.size(), acc_t(0));
+    const acc_t* patches = cols + n * hw * ldc + co * kk;
+    for (int64_t h = 0; h < s.h_in; ++h) {
+      for (int64_t w = 0; w < s.w_in; ++w) {
+        const acc_t* p = patches + (h * s.w_in + w) * ldc;
+        acc_t* base = buf + h * s.sh * full.cols + w * s.sw;
+        for (int64_t ki = 0; ki < s.kh; ++ki)
+          add_patch_row<KW, DW>(base + ki * s.dh * full.cols, p + ki * s.kw, s.kw, s.dw);
       }
     }
+    // Output (oh, ow) is full-plane (oh + ph, ow + pw); beyond the full plane
+    // (output_padding) only the bias remains.
+    acc_t* plane = out + task * plane_size;
+    const acc_t b = bias ? bias[co] : acc_t(0);
+    const int64_t w_copy = std::max<int64_t>(0, std::min(s.w_out, full.cols - s.pw));
+    for (int64_t oh = 0; oh < s.h_out; ++oh) {
+      acc_t* dst = plane + oh * s.w_out;
+      int64_t ow = 0;
+      if (oh + s.ph < full.rows) {
+        const acc_t* src = buf + (oh + s.ph) * full.cols + s.pw;
+        for (; ow < w_copy; ++ow) dst[ow] = src[ow] + b;
+      }
+      for (; ow < s.w_out; ++ow) dst[ow] = b;
+    }
+  }
+}
+
+// Work of tasks [begin, end) of im2col, the inverse gather:
+// columns[(n, h, w), (co, ki, kj)] = grad_out[n, co, target(h, ki), target(w, kj)] or 0.
+template <int KW, int DW, typename acc_t>
+__attribute__((always_inline)) inline void im2col_tasks(const acc_t* grad_out, const ConvTranspose2dShape& s,
+                                                        acc_t* cols, int64_t ldc, acc_t* buf, int64_t begin,
+                                                        int64_t end) {
+  const int64_t hw = s.h_in * s.w_in, plane_size = s.h_out * s.w_out, kk = s.kh * s.kw;
+  const FullPlane full(s);
+  for (int64_t task = begin; task < end; ++task) {
+    const int64_t n = task / s.c_out, co = task % s.c_out;
+    // The grad_output plane in full-plane coordinates, zero where it has no value.
+    const acc_t* plane = grad_out + task * plane_size;
+    const int64_t w_copy = std::max<int64_t>(0, std::min(s.w_out, full.cols - s.pw));
+    for (int64_t r = 0; r < full.rows; ++r) {
+      acc_t* dst = buf + r * full.cols;
+      const int64_t oh = r - s.ph;
+      if (oh < 0 || oh >= s.h_out) {
+        std::fill(dst, dst + full.cols, acc_t(0));
+        continue;
+      }
+      std::fill(dst, dst + s.pw, acc_t(0));
+      std::copy(plane + oh * s.w_out, plane + oh * s.w_out + w_copy, dst + s.pw);
+      std::fill(dst + s.pw + w_copy, dst + full.cols, acc_t(0));
+    }
+    acc_t* patches = cols + n * hw * ldc + co * kk;
+    for (int64_t h = 0; h < s.h_in; ++h) {
+      for (int64_t w = 0; w < s.w_in; ++w) {
+        acc_t* p = patches + (h * s.w_in + w) * ldc;
+        const acc_t* base = buf + h * s.sh * full.cols + w * s.sw;
+        for (int64_t ki = 0; ki < s.kh; ++ki)
+          get_patch_row<KW, DW>(p + ki * s.kw, base + ki * s.dh * full.cols, s.kw, s.dw);
+      }
+    }
+  }
+}
+
+// The same loops compiled twice: for the baseline ISA and, on x86, for AVX2
+// (picked at run time). Only additions and copies: both give identical bits.
+template <int KW, int DW, typename acc_t>
+void col2im_tasks_base(const acc_t* cols, int64_t ldc, const acc_t* bias, const ConvTranspose2dShape& s, acc_t* out,
+                       acc_t* buf, int64_t begin, int64_t end) {
+  col2im_tasks<KW, DW>(cols, ldc, bias, s, out, buf, begin, end);
+}
+template <int KW, int DW, typename acc_t>
+void im2col_tasks_base(const acc_t* go, const ConvTranspose2dShape& s, acc_t* cols, int64_t ldc, acc_t* buf,
+                       int64_t begin, int64_t end) {
+  im2col_tasks<KW, DW>(go, s, cols, ldc, buf, begin, end);
+}
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#define PYDETOPS_HAVE_AVX2_CLONE 1
+template <int KW, int DW, typename acc_t>
+__attribute__((target("avx2"))) void col2im_tasks_avx2(const acc_t* cols, int64_t ldc, const acc_t* bias,
+                                                       const ConvTranspose2dShape& s, acc_t* out, acc_t* buf,
+                                                       int64_t begin, int64_t end) {
+  col2im_tasks<KW, DW>(cols, ldc, bias, s, out, buf, begin, end);
+}
+template <int KW, int DW, typename acc_t>
+__attribute__((target("avx2"))) void im2col_tasks_avx2(const acc_t* go, const ConvTranspose2dShape& s, acc_t* cols,
+                                                       int64_t ldc, acc_t* buf, int64_t begin, int64_t end) {
+  im2col_tasks<KW, DW>(go, s, cols, ldc, buf, begin, end);
+}
+bool cpu_has_avx2() {
+  static const bool yes = __builtin_cpu_supports("avx2");
+  return yes;
+}
+#else
+#define PYDETOPS_HAVE_AVX2_CLONE 0
+#endif
+
+template <int KW, int DW, typename acc_t>
+void col2im(const acc_t* cols, int64_t ldc, const acc_t* bias, const ConvTranspose2dShape& s, int64_t nb,
+            acc_t* out) {
+  const int64_t hw = s.h_in * s.w_in, kk = s.kh * s.kw;
+  const FullPlane full(s);
+  auto fn = &col2im_tasks_base<KW, DW, acc_t>;
+#if PYDETOPS_HAVE_AVX2_CLONE
+  if (cpu_has_avx2()) fn = &col2im_tasks_avx2<KW, DW, acc_t>;
+#endif
+  at::parallel_for(0, nb * s.c_out, grain_for(kk * hw + full.size()), [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> buf(static_cast<size_t>(full.size()));
+    fn(cols, ldc, bias, s, out, buf.data(), begin, end);
   });
 }
 
-// The inverse gather: columns[(co, ki, kj), (n, h, w)] = grad_out[n, co, target(h, ki), target(w, kj)] or 0.
-template <int S, typename acc_t>
-void im2col(const acc_t* grad_out, const ConvTranspose2dShape& s, int64_t nb, acc_t* cols) {
-  const int64_t hw = s.h_in * s.w_in, plane_size = s.h_out * s.w_out, kk = s.kh * s.kw;
-  const int64_t cols_width = nb * hw;
-  at::parallel_for(0, nb * s.c_out, grain_for(kk * hw + plane_size), [&](int64_t begin, int64_t end) {
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t n = task / s.c_out, co = task % s.c_out;
-      const acc_t* plane = grad_out + task * plane_size;
-      acc_t* rows = cols + co * kk * cols_width + n * hw;
-      for (int64_t ki = 0; ki < s.kh; ++ki) {
-        int64_t h_lo, h_hi;
-        conv_transpose_valid_range(s.h_in, s.h_out, ki, s.sh, s.ph, s.dh, &h_lo, &h_hi);
-        for (int64_t kj = 0; kj < s.kw; ++kj) {
-          int64_t w_lo, w_hi;
-          conv_transpose_valid_range(s.w_in, s.w_out, kj, s.sw, s.pw, s.dw, &w_lo, &w_hi);
-          acc_t* row = rows + (ki * s.kw + kj) * cols_width;
-          if (w_lo >= w_hi) {
-            std::fill(row, row + hw, acc_t(0));
-            continue;
-          }
-          std::fill(row, row + h_lo * s.w_in, acc_t(0));
-          for (int64_t h = h_lo; h < h_hi; ++h) {
-            acc_t* dst = row + h * s.w_in;
-            std::fill(dst, dst + w_lo, acc_t(0));
-            const int64_t oh = conv_transpose_target(h, ki, s.sh, s.ph, s.dh);
-            const int64_t ow = conv_transpose_target(w_lo, kj, s.sw, s.pw, s.dw);
-            gather_row<S>(dst + w_lo, plane + oh * s.w_out + ow, w_hi - w_lo, s.sw);
-            std::fill(dst + w_hi, dst + s.w_in, acc_t(0));
-          }
-          std::fill(row + h_hi * s.w_in, row + hw, acc_t(0));
-        }
-      }
-    }
+template <int KW, int DW, typename acc_t>
+void im2col(const acc_t* grad_out, const ConvTranspose2dShape& s, int64_t nb, acc_t* cols, int64_t ldc) {
+  const int64_t hw = s.h_in * s.w_in, kk = s.kh * s.kw;
+  const FullPlane full(s);
+  auto fn = &im2col_tasks_base<KW, DW, acc_t>;
+#if PYDETOPS_HAVE_AVX2_CLONE
+  if (cpu_has_avx2()) fn = &im2col_tasks_avx2<KW, DW, acc_t>;
+#endif
+  at::parallel_for(0, nb * s.c_out, grain_for(kk * hw + full.size()), [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> buf(static_cast<size_t>(full.size()));
+    fn(grad_out, s, cols, ldc, buf.data(), begin, end);
   });
 }
 
+// Compile-time kernel width and dilation for the common cases (k = 2, 3, 4; dilation 1).
 template <typename F>
-void dispatch_stride(int64_t stride, F&& f) {
-  switch (stride) {
-    case 1: f(std::integral_constant<int, 1>{}); break;
-    case 2: f(std::integral_constant<int, 2>{}); break;
-    default: f(std::integral_constant<int, 0>{}); break;
+void dispatch_patch(int64_t kw, int64_t dw, F&& f) {
+  if (dw == 1) {
+    switch (kw) {
+      case 2: f(std::integral_constant<int, 2>{}, std::integral_constant<int, 1>{}); return;
+      case 3: f(std::integral_constant<int, 3>{}, std::integral_constant<int, 1>{}); return;
+      case 4: f(std::integral_constant<int, 4>{}, std::integral_constant<int, 1>{}); return;
+      default: f(std::integral_constant<int, 0>{}, std::integral_constant<int, 1>{}); return;
+    }
   }
+  f(std::integral_constant<int, 0>{}, std::integral_constant<int, 0>{});
 }
 
 // [C_in, N*H*W] (channel-major) copy of the input in the accumulate type.
@@ -154,25 +253,51 @@ at::Tensor conv_transpose2d_cpu(const at::Tensor& input, const at::Tensor& weigh
   const bool has_bias = bias.has_value() && bias->defined();
   if (out.numel() > 0) {
     const int64_t G = s.groups, cin_g = s.c_in / G, cout_g = s.c_out / G, kk = s.kh * s.kw;
-    const int64_t hw = s.h_in * s.w_in;
-    const at::Tensor x = channel_major(x4, acc_type);                         // [C_in, N*H*W]
+    const int64_t hw = s.h_in * s.w_in, out_image = s.c_out * s.h_out * s.w_out, ldc = s.c_out * kk;
     const at::Tensor w = weight.to(acc_type).contiguous().view({s.c_in, cout_g * kk});  // [C_in, C_out/g*kk]
     const at::Tensor b = has_bias ? bias->to(acc_type).contiguous() : at::Tensor();
-    const int64_t chunk = batch_chunk(s);
-    at::Tensor cols = at::empty({G, cout_g * kk, chunk * hw}, out.options());
-    for (int64_t n0 = 0; n0 < s.batch; n0 += chunk) {
-      const int64_t nb = std::min(chunk, s.batch - n0);
-      at::Tensor c = nb == chunk ? cols : at::empty({G, cout_g * kk, nb * hw}, out.options());
-      for (int64_t g = 0; g < G; ++g) {
-        at::Tensor cg = c[g];
-        at::mm_out(cg, w.narrow(0, g * cin_g, cin_g).t(), x.narrow(0, g * cin_g, cin_g).narrow(1, n0 * hw, nb * hw));
+    const int64_t chunk = images_per_gemm(s);
+    const int64_t n_chunks = (s.batch + chunk - 1) / chunk;
+    // The input as pixel rows [N*H*W, C_in]: a free view of a channels-last input; a
+    // transposed view of each NCHW image when a GEMM takes one image; otherwise one copy.
+    const at::Tensor xa = x4.to(acc_type);
+    const bool pixel_major = chunk > 1 || (xa.is_contiguous(at::MemoryFormat::ChannelsLast) && !xa.is_contiguous());
+    const at::Tensor x = pixel_major ? xa.permute({0, 2, 3, 1}).contiguous().view({s.batch * hw, s.c_in})
+                                     : xa.contiguous().view({s.batch * s.c_in, hw});
+    auto input_rows = [&](int64_t n0, int64_t nb, int64_t g) -> at::Tensor {
+      if (pixel_major) return x.narrow(0, n0 * hw, nb * hw).narrow(1, g * cin_g, cin_g);
+      return x.narrow(0, n0 * s.c_in + g * cin_g, cin_g).t();  // nb == 1
+    };
+    auto run_chunk = [&](int64_t ci, at::Tensor& cols_buf) {
+      const int64_t n0 = ci * chunk, nb = std::min(chunk, s.batch - n0);
+      at::Tensor c = nb == chunk ? cols_buf : at::empty({nb * hw, ldc}, out.options());
+      {
+        RECORD_FUNCTION("pydetops::conv_transpose2d_gemm", std::vector<c10::IValue>());
+        for (int64_t g = 0; g < G; ++g) {
+          at::Tensor cg = G == 1 ? c : c.narrow(1, g * cout_g * kk, cout_g * kk);
+          at::mm_out(cg, input_rows(n0, nb, g), w.narrow(0, g * cin_g, cin_g));
+        }
       }
+      RECORD_FUNCTION("pydetops::conv_transpose2d_col2im", std::vector<c10::IValue>());
       AT_DISPATCH_FLOATING_TYPES(acc_type, "conv_transpose2d_col2im", [&] {
-        dispatch_stride(s.sw, [&](auto st) {
-          col2im<decltype(st)::value, scalar_t>(c.data_ptr<scalar_t>(), has_bias ? b.data_ptr<scalar_t>() : nullptr,
-                                                s, nb, out.data_ptr<scalar_t>() + n0 * s.c_out * s.h_out * s.w_out);
+        dispatch_patch(s.kw, s.dw, [&](auto kw_tag, auto dw_tag) {
+          col2im<decltype(kw_tag)::value, decltype(dw_tag)::value, scalar_t>(
+              c.data_ptr<scalar_t>(), ldc, has_bias ? b.data_ptr<scalar_t>() : nullptr, s, nb,
+              out.data_ptr<scalar_t>() + n0 * out_image);
         });
       });
+    };
+    if (n_chunks > 1 && chunk * hw * ldc <= kPerThreadColumns) {
+      // Chunks in parallel, each with its GEMM and col2im single-threaded on a per-thread
+      // columns buffer that stays in cache.
+      at::parallel_for(0, n_chunks, 1, [&](int64_t begin, int64_t end) {
+        at::Tensor cols = at::empty({chunk * hw, ldc}, out.options());
+        for (int64_t ci = begin; ci < end; ++ci) run_chunk(ci, cols);
+      });
+    } else {
+      // Chunks in order, threads inside: BLAS threads the GEMM, col2im splits the planes.
+      at::Tensor cols = at::empty({chunk * hw, ldc}, out.options());
+      for (int64_t ci = 0; ci < n_chunks; ++ci) run_chunk(ci, cols);
     }
   }
   if (acc_type != input.scalar_type()) out = out.to(input.scalar_type());
@@ -208,25 +333,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_transpose2d_backward_cpu(
     const at::Tensor w = weight.to(acc_type).contiguous().view({s.c_in, cout_g * kk});
     const at::Tensor x = need_weight ? channel_major(input.dim() == 3 ? input.unsqueeze(0) : input, acc_type)
                                      : at::Tensor();
-    const int64_t chunk = batch_chunk(s);
-    at::Tensor cols = at::empty({G, cout_g * kk, chunk * hw}, acc_opts);
+    const int64_t chunk = batch_chunk(s), ldc = s.c_out * kk;
+    at::Tensor cols = at::empty({chunk * hw, ldc}, acc_opts);
     for (int64_t n0 = 0; n0 < s.batch; n0 += chunk) {
       const int64_t nb = std::min(chunk, s.batch - n0);
-      at::Tensor c = nb == chunk ? cols : at::empty({G, cout_g * kk, nb * hw}, acc_opts);
+      at::Tensor c = nb == chunk ? cols : at::empty({nb * hw, ldc}, acc_opts);
       AT_DISPATCH_FLOATING_TYPES(acc_type, "conv_transpose2d_im2col", [&] {
-        dispatch_stride(s.sw, [&](auto st) {
-          im2col<decltype(st)::value, scalar_t>(go.data_ptr<scalar_t>() + n0 * s.c_out * plane_size, s, nb,
-                                                c.data_ptr<scalar_t>());
+        dispatch_patch(s.kw, s.dw, [&](auto kw_tag, auto dw_tag) {
+          im2col<decltype(kw_tag)::value, decltype(dw_tag)::value, scalar_t>(
+              go.data_ptr<scalar_t>() + n0 * s.c_out * plane_size, s, nb, c.data_ptr<scalar_t>(), ldc);
         });
       });
       for (int64_t g = 0; g < G; ++g) {
+        const at::Tensor cg = c.narrow(1, g * cout_g * kk, cout_g * kk);  // [nb*H*W, C_out/g*kk]
         if (need_input) {
           at::Tensor gi = grad_input_cm.narrow(0, g * cin_g, cin_g).narrow(1, n0 * hw, nb * hw);
-          at::mm_out(gi, w.narrow(0, g * cin_g, cin_g), c[g]);
+          at::mm_out(gi, w.narrow(0, g * cin_g, cin_g), cg.t());
         }
         if (need_weight) {
           at::Tensor gw = grad_weight.narrow(0, g * cin_g, cin_g);
-          gw.addmm_(x.narrow(0, g * cin_g, cin_g).narrow(1, n0 * hw, nb * hw), c[g].t());
+          gw.addmm_(x.narrow(0, g * cin_g, cin_g).narrow(1, n0 * hw, nb * hw), cg);
         }
       }
     }
