@@ -92,6 +92,8 @@ def test_sweep_all_arguments_float64(device, single_thread):
         (2, 3, 1, (3, 3), 1, 0, 2, 3, (4, 4), 2),            # output_padding < dilation (stride 1)
         (5, 7, 1, (1, 1), 1, 0, 0, 1, (1, 1), 3),            # 1x1 everything
         (2, 2, 1, (7, 7), 5, 6, 0, 1, (3, 3), 1),            # large padding, sparse taps
+        (4, 6, 2, (3, 3), 2, 1, 1, 2, (16, 20), 5),          # chunks of 2 images in parallel, last one short
+        (3, 4, 1, (4, 4), 2, 1, 0, 1, (24, 24), 3),          # one image per chunk, 3 chunks
     ],
 )
 def test_selected_shapes(device, cin, cout, groups, k, stride, padding, output_padding, dilation, hw, batch):
@@ -152,14 +154,20 @@ def test_empty_batch_and_zero_out_channels(device):
 
 
 def test_deterministic_across_thread_counts(device):
-    x = torch.randn(4, 8, 9, 9, device=device)
-    w = torch.randn(8, 6, 4, 4, device=device)
+    # 9x9 planes: the whole batch in one GEMM; 16x20 planes: chunks of 2 images in parallel.
+    for shape in ((4, 8, 9, 9), (5, 8, 16, 20)):
+        _check_deterministic(device, shape)
+
+
+def _check_deterministic(device, shape):
+    x = torch.randn(shape, device=device)
+    w = torch.randn(8, 3, 4, 4, device=device)
     b = torch.randn(6, device=device)
-    kw = dict(stride=2, padding=1)
+    kw = dict(stride=2, padding=1, groups=2)
     old = torch.get_num_threads()
     results = []
     try:
-        for t in (1, 2):
+        for t in (1, 2, 3):
             torch.set_num_threads(t)
             xs, ws, bs = (v.clone().requires_grad_(True) for v in (x, w, b))
             out = conv_transpose2d(xs, ws, bs, **kw)
@@ -167,8 +175,9 @@ def test_deterministic_across_thread_counts(device):
             results.append((out.detach(), xs.grad, ws.grad, bs.grad))
     finally:
         torch.set_num_threads(old)
-    for a, b_ in zip(*results):
-        assert torch.equal(a, b_)
+    for other in results[1:]:
+        for a, b_ in zip(results[0], other):
+            assert torch.equal(a, b_)
 
 
 def test_gradcheck(device, single_thread):

@@ -291,6 +291,8 @@ at::Tensor conv_transpose2d_cpu(const at::Tensor& input, const at::Tensor& weigh
       // Chunks in parallel, each with its GEMM and col2im single-threaded on a per-thread
       // columns buffer that stays in cache.
       at::parallel_for(0, n_chunks, 1, [&](int64_t begin, int64_t end) {
+        // Worker threads do not inherit the caller's dispatch state: stay below autograd.
+        at::AutoDispatchBelowADInplaceOrView below_autograd;
         at::Tensor cols = at::empty({chunk * hw, ldc}, out.options());
         for (int64_t ci = begin; ci < end; ++ci) run_chunk(ci, cols);
       });
@@ -333,11 +335,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_transpose2d_backward_cpu(
     const at::Tensor w = weight.to(acc_type).contiguous().view({s.c_in, cout_g * kk});
     const at::Tensor x = need_weight ? channel_major(input.dim() == 3 ? input.unsqueeze(0) : input, acc_type)
                                      : at::Tensor();
-    const int64_t chunk = batch_chunk(s), ldc = s.c_out * kk;
-    at::Tensor cols = at::empty({chunk * hw, ldc}, acc_opts);
-    for (int64_t n0 = 0; n0 < s.batch; n0 += chunk) {
-      const int64_t nb = std::min(chunk, s.batch - n0);
-      at::Tensor c = nb == chunk ? cols : at::empty({nb * hw, ldc}, acc_opts);
+    const int64_t ldc = s.c_out * kk, w_numel = s.c_in * cout_g * kk;
+    // One chunk of images: im2col of its grad_output, then per group the grad_input
+    // GEMM (into its own columns of grad_input_cm) and the grad_weight GEMM into gw_out
+    // (accumulating when accumulate is true).
+    auto run_chunk = [&](int64_t n0, int64_t nb, at::Tensor& c, at::Tensor& gw_out, bool accumulate) {
       AT_DISPATCH_FLOATING_TYPES(acc_type, "conv_transpose2d_im2col", [&] {
         dispatch_patch(s.kw, s.dw, [&](auto kw_tag, auto dw_tag) {
           im2col<decltype(kw_tag)::value, decltype(dw_tag)::value, scalar_t>(
@@ -351,9 +353,54 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_transpose2d_backward_cpu(
           at::mm_out(gi, w.narrow(0, g * cin_g, cin_g), cg.t());
         }
         if (need_weight) {
-          at::Tensor gw = grad_weight.narrow(0, g * cin_g, cin_g);
-          gw.addmm_(x.narrow(0, g * cin_g, cin_g).narrow(1, n0 * hw, nb * hw), cg);
+          at::Tensor gw = gw_out.narrow(0, g * cin_g, cin_g);
+          const at::Tensor xg = x.narrow(0, g * cin_g, cin_g).narrow(1, n0 * hw, nb * hw);
+          if (accumulate) {
+            gw.addmm_(xg, cg);
+          } else {
+            at::mm_out(gw, xg, cg);
+          }
         }
+      }
+    };
+    const int64_t pchunk = images_per_gemm(s);
+    const int64_t n_pchunks = (s.batch + pchunk - 1) / pchunk;
+    if (n_pchunks > 1 && pchunk * hw * ldc <= kPerThreadColumns &&
+        (!need_weight || n_pchunks * w_numel <= kColumnsBudget)) {
+      // Chunks in parallel (as in the forward); each chunk's grad_weight goes to its own
+      // partial, and the partials are summed in chunk order: the same bits for any thread count.
+      at::Tensor partial = need_weight ? at::empty({n_pchunks, s.c_in, cout_g * kk}, acc_opts) : at::Tensor();
+      at::parallel_for(0, n_pchunks, 1, [&](int64_t begin, int64_t end) {
+        at::AutoDispatchBelowADInplaceOrView below_autograd;  // see the forward
+        at::Tensor cols = at::empty({pchunk * hw, ldc}, acc_opts);
+        for (int64_t ci = begin; ci < end; ++ci) {
+          const int64_t n0 = ci * pchunk, nb = std::min(pchunk, s.batch - n0);
+          at::Tensor c = nb == pchunk ? cols : at::empty({nb * hw, ldc}, acc_opts);
+          at::Tensor part = need_weight ? partial[ci] : at::Tensor();
+          run_chunk(n0, nb, c, part, false);
+        }
+      });
+      if (need_weight) {
+        AT_DISPATCH_FLOATING_TYPES(acc_type, "conv_transpose2d_grad_weight_sum", [&] {
+          const scalar_t* src = partial.data_ptr<scalar_t>();
+          scalar_t* dst = grad_weight.data_ptr<scalar_t>();
+          at::parallel_for(0, w_numel, 4096, [&](int64_t begin, int64_t end) {
+            for (int64_t i = begin; i < end; ++i) dst[i] = src[i];
+            for (int64_t ci = 1; ci < n_pchunks; ++ci) {
+              const scalar_t* p = src + ci * w_numel;
+              for (int64_t i = begin; i < end; ++i) dst[i] += p[i];
+            }
+          });
+        });
+      }
+    } else {
+      // Chunks (as large as the budget allows) in order, threads inside BLAS and im2col.
+      const int64_t chunk = batch_chunk(s);
+      at::Tensor cols = at::empty({chunk * hw, ldc}, acc_opts);
+      for (int64_t n0 = 0; n0 < s.batch; n0 += chunk) {
+        const int64_t nb = std::min(chunk, s.batch - n0);
+        at::Tensor c = nb == chunk ? cols : at::empty({nb * hw, ldc}, acc_opts);
+        run_chunk(n0, nb, c, grad_weight, true);
       }
     }
   } else if (need_input) {
