@@ -11,6 +11,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <atomic>
 #include <vector>
 
@@ -40,10 +41,10 @@ at::Tensor max_unpool2d_cpu(const at::Tensor& input, const at::Tensor& indices, 
   std::vector<int64_t> shape(input.sizes().begin(), input.sizes().end());
   shape[shape.size() - 2] = out_hw[0];
   shape[shape.size() - 1] = out_hw[1];
-  at::Tensor out = at::zeros(shape, input.options().memory_format(at::MemoryFormat::Contiguous));
+  at::Tensor out = at::empty(shape, input.options().memory_format(at::MemoryFormat::Contiguous));
   const int64_t plane_in = input.size(-2) * input.size(-1), plane_out = out_hw[0] * out_hw[1];
   const int64_t planes = plane_in == 0 ? 0 : input.numel() / plane_in;
-  if (planes == 0 || plane_in == 0) return out;
+  if (planes == 0 || plane_in == 0) return out.zero_();
   const at::Tensor x = input.contiguous();
   const at::Tensor idx = indices.contiguous();
   std::atomic<bool> bad{false};
@@ -51,13 +52,14 @@ at::Tensor max_unpool2d_cpu(const at::Tensor& input, const at::Tensor& indices, 
     const scalar_t* src = x.data_ptr<scalar_t>();
     const int64_t* ind = idx.data_ptr<int64_t>();
     scalar_t* dst = out.data_ptr<scalar_t>();
-    const int64_t grain = std::max<int64_t>(1, 32768 / plane_in);
+    const int64_t grain = std::max<int64_t>(1, 32768 / (plane_in + plane_out));
     at::parallel_for(0, planes, grain, [&](int64_t begin, int64_t end) {
       bool local_bad = false;
       for (int64_t pl = begin; pl < end; ++pl) {
         const scalar_t* s = src + pl * plane_in;
         const int64_t* k = ind + pl * plane_in;
         scalar_t* d = dst + pl * plane_out;
+        std::fill(d, d + plane_out, scalar_t(0));  // zero-fill and scatter in one pass over the plane
         for (int64_t i = 0; i < plane_in; ++i) {
           const int64_t j = k[i];
           if (j >= 0 && j < plane_out) {
