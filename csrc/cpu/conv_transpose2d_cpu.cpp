@@ -39,10 +39,10 @@ int64_t grain_for(int64_t work_per_task) {
   return std::max<int64_t>(1, kMinTaskWork / std::max<int64_t>(1, work_per_task));
 }
 
-constexpr int64_t kMinGemmColumns = 512;             // forward: images per GEMM until it has this many columns
-constexpr int64_t kPerThreadColumns = int64_t(1) << 22; // forward: largest per-thread columns buffer (16 MiB f32)
+constexpr int64_t kMinGemmColumns = 512;               // images per GEMM until it has this many pixel rows
+constexpr int64_t kPerThreadColumns = int64_t(1) << 22; // largest per-thread columns buffer (16 MiB f32)
 
-// Forward: images per GEMM. Enough images that the GEMM is not skinny (small planes,
+// Images per GEMM (forward, and backward when chunks run in parallel). Enough images that the GEMM is not skinny (small planes,
 // e.g. DCGAN's 4x4), few enough that the columns stay within the budget. Shapes only.
 int64_t images_per_gemm(const ConvTranspose2dShape& s) {
   const int64_t hw = s.h_in * s.w_in;
