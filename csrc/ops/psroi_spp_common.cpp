@@ -25,24 +25,36 @@ void check_roi_op_spatial_scale(double spatial_scale) {
                     "spatial_scale must be a finite number > 0, got ", spatial_scale);
 }
 
+// The one batch-index check of every RoI op (roi_align, roi_pool, the
+// multi-level and position-sensitive ops, spp_pool): each boxes[:, 0] must be
+// an integer naming an image of the batch. On CUDA this costs one reduction and
+// one small device-to-host copy; a clear error is worth it (an index out of
+// range would otherwise read outside the input).
 void check_roi_batch_indices(const at::Tensor& rois, int64_t batch_size) {
   if (rois.size(0) == 0) return;
   const at::Tensor idx = rois.select(1, 0).to(at::kDouble);
-  bool ok;
+  int64_t bad_row = -1;
+  double bad_value = 0;
   if (idx.is_cpu()) {
     const at::Tensor c = idx.contiguous();
     const double* p = c.data_ptr<double>();
-    ok = true;
-    for (int64_t i = 0; i < c.numel() && ok; ++i) {
-      const double t = std::trunc(p[i]);
-      ok = std::isfinite(t) && t >= 0 && t < static_cast<double>(batch_size);
+    for (int64_t i = 0; i < c.numel(); ++i) {
+      const double v = p[i];
+      if (!(std::isfinite(v) && v == std::floor(v) && v >= 0 && v < static_cast<double>(batch_size))) {
+        bad_row = i;
+        bad_value = v;
+        break;
+      }
     }
   } else {
-    const at::Tensor t = idx.trunc();
-    ok = !((~at::isfinite(t)) | (t < 0) | (t >= static_cast<double>(batch_size))).any().item<bool>();
+    const at::Tensor bad = (~at::isfinite(idx)) | (idx != idx.floor()) | (idx < 0) | (idx >= static_cast<double>(batch_size));
+    if (bad.any().item<bool>()) {
+      bad_row = bad.nonzero().select(1, 0)[0].item<int64_t>();
+      bad_value = idx[bad_row].item<double>();
+    }
   }
-  TORCH_CHECK_VALUE(ok, "boxes: every batch index (boxes[:, 0]) must be in [0, ", batch_size,
-                    ") for an input of batch size ", batch_size);
+  TORCH_CHECK_VALUE(bad_row < 0, "boxes[:, 0] (batch index) must hold integers in [0, ", batch_size,
+                    ") for an input of batch size ", batch_size, ", got ", bad_value, " in row ", bad_row);
 }
 
 void check_roi_op_grad(const at::Tensor& grad, at::IntArrayRef expected, const char* op) {

@@ -8,6 +8,7 @@
 #include <cmath>
 
 #include "common/checks.h"
+#include "ops/psroi_spp_common.h"
 
 namespace pydetops {
 
@@ -23,18 +24,7 @@ void check_roi_boxes(const at::Tensor& boxes, at::ScalarType dtype, c10::Device 
                    boxes.scalar_type());
   TORCH_CHECK_VALUE(boxes.device() == device, "boxes must be on the device of input (", device, "), got ",
                     boxes.device());
-  if (boxes.device().is_cpu() && boxes.size(0) > 0) {
-    // The batch indices decide which image is read: each must name one.
-    const at::Tensor idx = boxes.select(1, 0).to(at::kDouble).contiguous();
-    const double* p = idx.data_ptr<double>();
-    for (int64_t k = 0; k < idx.numel(); ++k) {
-      const double v = p[k];
-      TORCH_CHECK_VALUE(std::isfinite(v) && v == std::floor(v),
-                        "boxes[:, 0] (batch index) must hold integers, got ", v, " in row ", k);
-      TORCH_CHECK_VALUE(v >= 0 && v < static_cast<double>(batch_size), "boxes[:, 0] (batch index) must be in [0, ",
-                        batch_size, "), got ", static_cast<int64_t>(v), " in row ", k);
-    }
-  }
+  check_roi_batch_indices(boxes, batch_size);
 }
 
 void check_roi_pool_args(double spatial_scale, int64_t pooled_height, int64_t pooled_width) {
