@@ -15,8 +15,10 @@ from .boxes import *  # noqa: F401,F403
 from .boxes import __all__ as _boxes_all
 from .nms import *  # noqa: F401,F403
 from .nms import __all__ as _nms_all
+from .psroi_spp import *  # noqa: F401,F403
+from .psroi_spp import __all__ as _psroi_spp_all
 
-__all__ = list(_boxes_all) + list(_nms_all) + list(_anchors_coding_all)
+__all__ = list(_boxes_all) + list(_nms_all) + list(_anchors_coding_all) + list(_psroi_spp_all)
 
 
 def registered_op_names() -> List[str]:
