@@ -1,0 +1,59 @@
+// Autograd of conv_transpose2d: saves input and weight; backward computes only
+// the gradients that are needed (output_mask).
+#include <torch/autograd.h>
+#include <torch/library.h>
+
+#include "ops/conv_transpose2d.h"
+
+namespace pydetops {
+namespace {
+
+class ConvTranspose2dFunction : public torch::autograd::Function<ConvTranspose2dFunction> {
+ public:
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& input, const at::Tensor& weight,
+                            const c10::optional<at::Tensor>& bias, at::IntArrayRef stride, at::IntArrayRef padding,
+                            at::IntArrayRef output_padding, int64_t groups, at::IntArrayRef dilation) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    ctx->save_for_backward({input, weight});
+    ctx->saved_data["stride"] = stride.vec();
+    ctx->saved_data["padding"] = padding.vec();
+    ctx->saved_data["output_padding"] = output_padding.vec();
+    ctx->saved_data["groups"] = groups;
+    ctx->saved_data["dilation"] = dilation.vec();
+    ctx->saved_data["has_bias"] = bias.has_value() && bias->defined();
+    return pydetops::conv_transpose2d(input, weight, bias, stride, padding, output_padding, groups, dilation);
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grad_outputs) {
+    const auto saved = ctx->get_saved_variables();
+    const bool has_bias = ctx->saved_data["has_bias"].toBool();
+    const std::array<bool, 3> mask = {ctx->needs_input_grad(0), ctx->needs_input_grad(1),
+                                      has_bias && ctx->needs_input_grad(2)};
+    at::Tensor grad_input, grad_weight, grad_bias;
+    if (grad_outputs[0].defined() && (mask[0] || mask[1] || mask[2])) {
+      auto grads = pydetops::conv_transpose2d_backward(
+          grad_outputs[0], saved[0], saved[1], ctx->saved_data["stride"].toIntVector(),
+          ctx->saved_data["padding"].toIntVector(), ctx->saved_data["output_padding"].toIntVector(),
+          ctx->saved_data["groups"].toInt(), ctx->saved_data["dilation"].toIntVector(), mask);
+      if (mask[0]) grad_input = std::get<0>(grads);
+      if (mask[1]) grad_weight = std::get<1>(grads);
+      if (mask[2]) grad_bias = std::get<2>(grads);
+    }
+    return {grad_input, grad_weight, grad_bias, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+at::Tensor conv_transpose2d_autograd(const at::Tensor& input, const at::Tensor& weight,
+                                     const c10::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                                     at::IntArrayRef padding, at::IntArrayRef output_padding, int64_t groups,
+                                     at::IntArrayRef dilation) {
+  return ConvTranspose2dFunction::apply(input, weight, bias, stride, padding, output_padding, groups, dilation);
+}
+
+}  // namespace
+}  // namespace pydetops
+
+TORCH_LIBRARY_IMPL(pydetops, Autograd, m) {
+  m.impl("conv_transpose2d", &pydetops::conv_transpose2d_autograd);
+}
