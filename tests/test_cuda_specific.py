@@ -380,3 +380,222 @@ def test_ps_roi_backward_deterministic_matches_cpu_bitwise(name, extra, dtype):
     fast = op(g.cuda(), rois.cuda(), *args)
     tol = 5e-2 if dtype == torch.bfloat16 else 1e-5
     torch.testing.assert_close(fast.cpu(), cpu, rtol=tol, atol=tol)
+
+
+# ------------------------------------------------------- anchors / box coding
+
+
+def _with_determinism(flag, fn):
+    prev = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(flag)
+    try:
+        return fn()
+    finally:
+        torch.use_deterministic_algorithms(prev)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_grid_anchors_cpu_cuda_identical(dtype):
+    op = _needs("grid_anchors")
+    base = torch.tensor([[-22.6, -11.3, 22.6, 11.3], [-16.0, -16.0, 16.0, 16.0], [-8.1, -32.4, 8.1, 32.4]],
+                        dtype=torch.float64).to(dtype)
+    for size, stride in [((25, 38), (16, 16)), ((7, 3), (64, 32)), ((0, 5), (8, 8)), ((300, 301), (4, 4))]:
+        cpu = op(base, size, stride)
+        cuda = op(base.cuda(), size, stride)
+        assert cuda.dtype == cpu.dtype and cuda.shape == cpu.shape
+        assert torch.equal(cuda.cpu(), cpu), (dtype, size, stride)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("weights_on_cuda", [False, True])
+def test_encode_boxes_cpu_cuda_agree(dtype, weights_on_cuda):
+    op = _needs("encode_boxes")
+    r = torch.cat([random_boxes(500, dtype=dtype), adversarial_boxes(dtype)])
+    q = torch.cat([random_boxes(500, dtype=dtype), adversarial_boxes(dtype).flip(0)])
+    w = torch.tensor([10.0, 10.0, 5.0, 5.0])
+    cpu = op(r, q, w)
+    cuda = op(r.cuda(), q.cuda(), w.cuda() if weights_on_cuda else w)
+    assert cuda.dtype == cpu.dtype
+    tol = {torch.float16: 2e-3, torch.bfloat16: 2e-2, torch.float64: 1e-12}.get(dtype, 2e-5)
+    torch.testing.assert_close(cuda.cpu(), cpu, rtol=tol, atol=tol, equal_nan=True)
+    g = torch.randn(r.shape[0], 4, dtype=torch.float64).to(dtype)
+    gr, gq = torch.ops.pydetops._encode_boxes_backward(g, r, q, w)
+    gr_c, gq_c = torch.ops.pydetops._encode_boxes_backward(g.cuda(), r.cuda(), q.cuda(), w.cuda())
+    torch.testing.assert_close(gr_c.cpu(), gr, rtol=tol, atol=tol, equal_nan=True)
+    torch.testing.assert_close(gq_c.cpu(), gq, rtol=tol, atol=tol, equal_nan=True)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("k", [1, 5])
+@pytest.mark.parametrize("image_size", [None, [600, 800]])
+def test_decode_boxes_cpu_cuda_agree_and_deterministic(dtype, k, image_size):
+    op = _needs("decode_boxes")
+    b = torch.cat([random_boxes(400, dtype=dtype), adversarial_boxes(dtype)])
+    d = (torch.randn(b.shape[0], 4 * k, dtype=torch.float64) * 2).to(dtype)
+    d[0, 2] = 50.0  # clamped
+    d[1, 0] = float("nan")
+    wts = [10.0, 10.0, 5.0, 5.0]
+    clamp = 4.135166556742356
+    cpu = op(d, b, wts, clamp, image_size)
+    cuda = op(d.cuda(), b.cuda(), wts, clamp, image_size)
+    tol = {torch.float16: 1e-2, torch.bfloat16: 5e-2, torch.float64: 1e-12}.get(dtype, 1e-4)
+    torch.testing.assert_close(cuda.cpu(), cpu, rtol=tol, atol=tol, equal_nan=True)
+    g = torch.randn_like(d, dtype=torch.float64).to(dtype)
+    bw = torch.ops.pydetops._decode_boxes_backward
+    gd, gb = bw(g, d, b, wts, clamp, image_size)
+    runs = [bw(g.cuda(), d.cuda(), b.cuda(), wts, clamp, image_size) for _ in range(3)]
+    for gd_c, gb_c in runs:  # no atomics: the same bits every run
+        assert torch.equal(gd_c, runs[0][0]) and torch.equal(gb_c, runs[0][1])
+    torch.testing.assert_close(runs[0][0].cpu(), gd, rtol=tol, atol=tol, equal_nan=True)
+    torch.testing.assert_close(runs[0][1].cpu(), gb, rtol=tol, atol=tol, equal_nan=True)
+
+
+# ------------------------------------------------------------------ spp_pool
+
+SPP_LEVELS = [1, 2, 4]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_spp_pool_forward_cpu_cuda_identical(dtype, channels_last):
+    op = _needs("spp_pool")
+    x, rois = _roi_inputs(dtype, channels_last)
+    x[0, 3, 5, 5] = float("nan")
+    out, am = op(x, rois, SPP_LEVELS, 0.125)
+    out_c, am_c = op(x.cuda(), rois.cuda(), SPP_LEVELS, 0.125)
+    assert torch.equal(am_c.cpu(), am)
+    torch.testing.assert_close(out_c.cpu(), out, rtol=0, atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_spp_pool_backward_deterministic_matches_cpu_bitwise(dtype):
+    op = _needs("_spp_pool_backward")
+    x, rois = _roi_inputs(dtype, n=2, k=200)
+    n, c, h, w = x.shape
+    _, am = torch.ops.pydetops.spp_pool(x, rois, SPP_LEVELS, 0.125)
+    g = torch.randn(am.shape, dtype=torch.float64).to(dtype)
+    cpu = op(g, rois, am, SPP_LEVELS, n, c, h, w)
+    det = _with_determinism(True, lambda: [op(g.cuda(), rois.cuda(), am.cuda(), SPP_LEVELS, n, c, h, w)
+                                           for _ in range(3)])
+    assert all(torch.equal(d.cpu(), cpu) for d in det)
+    fast = op(g.cuda(), rois.cuda(), am.cuda(), SPP_LEVELS, n, c, h, w)
+    tol = 5e-2 if dtype == torch.bfloat16 else 1e-5
+    torch.testing.assert_close(fast.cpu(), cpu, rtol=tol, atol=tol)
+
+
+# ----------------------------------------------------- multi_level_roi_align
+
+
+def _ml_inputs(dtype, channels_last=False, k=80, seed=9):
+    gen = torch.Generator().manual_seed(seed)
+    feats = []
+    for h, w in [(40, 56), (20, 28), (10, 14), (5, 7)]:
+        f = torch.randn(2, 24, h, w, generator=gen, dtype=torch.float64).to(dtype)
+        feats.append(f.to(memory_format=torch.channels_last) if channels_last else f)
+    _, rois = _roi_inputs(dtype, k=k, seed=seed)
+    levels = torch.randint(0, 4, (k,), generator=gen)
+    levels[5] = 7  # out of range: zeros, no gradient
+    levels[6] = -1
+    return feats, rois, levels, [1 / 4, 1 / 8, 1 / 16, 1 / 32]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("aligned", [False, True])
+def test_multi_level_roi_align_forward_cpu_cuda_agree(dtype, channels_last, aligned):
+    op = _needs("multi_level_roi_align")
+    feats, rois, levels, scales = _ml_inputs(dtype, channels_last)
+    cpu = op(feats, rois, levels, scales, 7, 7, 2, aligned)
+    cuda = op([f.cuda() for f in feats], rois.cuda(), levels.cuda(), scales, 7, 7, 2, aligned)
+    tol = {torch.float16: 1e-2, torch.bfloat16: 5e-2}.get(dtype, 1e-5)
+    torch.testing.assert_close(cuda.cpu(), cpu, rtol=tol, atol=tol)
+    assert torch.all(cuda[5:7] == 0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+def test_multi_level_roi_align_backward_deterministic_matches_cpu(dtype):
+    op = _needs("_multi_level_roi_align_backward")
+    feats, rois, levels, scales = _ml_inputs(dtype)
+    n, c = feats[0].shape[:2]
+    hs, ws = [f.shape[2] for f in feats], [f.shape[3] for f in feats]
+    g = torch.randn(rois.shape[0], c, 7, 7, dtype=torch.float64).to(dtype)
+    args = (scales, 7, 7, 0, True, n, c, hs, ws)
+    cpu = op(g, rois, levels, *args)
+    det = _with_determinism(True, lambda: [op(g.cuda(), rois.cuda(), levels.cuda(), *args) for _ in range(3)])
+    for d in det:
+        assert all(torch.equal(a, b) for a, b in zip(d, det[0]))
+    # The CPU's additions in the CPU's order (products rounded on their own).
+    for d, cp in zip(det[0], cpu):
+        assert torch.equal(d.cpu(), cp)
+    fast = op(g.cuda(), rois.cuda(), levels.cuda(), *args)
+    tol = 2e-2 if dtype == torch.float16 else 1e-4
+    for f, cp in zip(fast, cpu):
+        torch.testing.assert_close(f.cpu(), cp, rtol=tol, atol=tol)
+
+
+# ------------------------------------------------ conv_transpose2d / unpooling
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        dict(stride=(2, 2), padding=(1, 1), output_padding=(1, 1), groups=1, dilation=(1, 1), k=(4, 4)),
+        dict(stride=(1, 2), padding=(0, 1), output_padding=(0, 0), groups=2, dilation=(2, 1), k=(3, 2)),
+        dict(stride=(3, 3), padding=(2, 0), output_padding=(2, 1), groups=1, dilation=(1, 1), k=(5, 3)),
+    ],
+)
+def test_conv_transpose2d_cpu_cuda_agree(dtype, cfg):
+    op = _needs("conv_transpose2d")
+    gen = torch.Generator().manual_seed(3)
+    cin, cout_g, g = 6, 4, cfg["groups"]
+    x = torch.randn(3, cin, 9, 11, generator=gen, dtype=torch.float64).to(dtype)
+    w = torch.randn(cin, cout_g, *cfg["k"], generator=gen, dtype=torch.float64).to(dtype)
+    b = torch.randn(cout_g * g, generator=gen, dtype=torch.float64).to(dtype)
+    a = (cfg["stride"], cfg["padding"], cfg["output_padding"], g, cfg["dilation"])
+    cpu = op(x, w, b, *a)
+    cuda = op(x.cuda(), w.cuda(), b.cuda(), *a)
+    tol = {torch.float16: 1e-2, torch.bfloat16: 6e-2, torch.float64: 1e-10}.get(dtype, 1e-4)
+    torch.testing.assert_close(cuda.cpu(), cpu, rtol=tol, atol=tol)
+    go = torch.randn(cpu.shape, generator=gen, dtype=torch.float64).to(dtype)
+    bw = torch.ops.pydetops._conv_transpose2d_backward
+    ref = bw(go, x, w, *a, [True, True, True])
+    got = bw(go.cuda(), x.cuda(), w.cuda(), *a, [True, True, True])
+    for r, t in zip(ref, got):
+        torch.testing.assert_close(t.cpu(), r, rtol=tol * 10, atol=tol * 10)
+    # unbatched input
+    cpu1 = op(x[0], w, None, *a)
+    torch.testing.assert_close(op(x[0].cuda(), w.cuda(), None, *a).cpu(), cpu1, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_max_unpool2d_cpu_cuda_identical_with_duplicates(dtype):
+    op = _needs("max_unpool2d")
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 3, 5, 6, generator=gen, dtype=torch.float64).to(dtype)
+    idx = torch.randint(0, 10 * 12, (2, 3, 5, 6), generator=gen)
+    idx[0, 0, 0, :] = 7  # duplicates: the last one wins
+    cpu = op(x, idx, [2, 2], [2, 2], [0, 0], None)
+    cuda = op(x.cuda(), idx.cuda(), [2, 2], [2, 2], [0, 0], None)
+    assert torch.equal(cuda.cpu(), cpu)
+    go = torch.randn(cpu.shape, generator=gen, dtype=torch.float64).to(dtype)
+    bw = torch.ops.pydetops._max_unpool2d_backward
+    assert torch.equal(bw(go.cuda(), idx.cuda()).cpu(), bw(go, idx))
+    bad = idx.clone()
+    bad[1, 2, 3, 4] = 10 * 12
+    with pytest.raises(ValueError, match="indices"):
+        op(x.cuda(), bad.cuda(), [2, 2], [2, 2], [0, 0], None)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("scale", [(2, 2), (3, 1), (1, 4)])
+@pytest.mark.parametrize("name", ["nearest_unpool2d", "bed_of_nails_unpool2d"])
+def test_scale_unpool2d_cpu_cuda_identical(dtype, scale, name):
+    op = _needs(name)
+    x = torch.randn(2, 3, 7, 5, dtype=torch.float64).to(dtype)
+    cpu = op(x, scale)
+    assert torch.equal(op(x.cuda(), scale).cpu(), cpu)
+    assert torch.equal(op(x[0].cuda(), scale).cpu(), op(x[0], scale))
+    go = torch.randn(cpu.shape, dtype=torch.float64).to(dtype)
+    bw = getattr(torch.ops.pydetops, "_" + name + "_backward")
+    assert torch.equal(bw(go.cuda(), scale).cpu(), bw(go, scale))

@@ -5,6 +5,9 @@
 // coalesced load each); thread x owns a column, so every row of the tile is
 // written by consecutive threads to consecutive addresses (coalesced).
 // Forward, aligned form: one thread per pair.
+// Per-box terms (common/box_overlap_math.h, BoxTerms) are computed once per box
+// of the tile; CIoU's atan(w/h) comes precomputed per box from torch's atan
+// (box_angles), as in the CPU kernel (and as torchvision gets it from torch.atan).
 //
 // Backward, matrix form, deterministic and without atomics:
 //  * grad1[i] = sum_j d(out[i, j])/d(boxes1[i]) is a row reduction: a warp per
@@ -56,50 +59,65 @@ inline unsigned int blocks_for(int64_t n, int threads) {
 
 // ---------------------------------------------------------------- forward
 
-// a: [n, 4], b: [m, 4] (acc_t, contiguous); out: [n, m].
+// atan(w / h) of every box for CIoU (torch's atan on the device, one per box);
+// undefined for the other modes.
+at::Tensor box_angles(const at::Tensor& boxes, OverlapMode mode) {
+  if (mode != OverlapMode::CIoU) return at::Tensor();
+  return at::atan((boxes.select(1, 2) - boxes.select(1, 0)) / (boxes.select(1, 3) - boxes.select(1, 1))).contiguous();
+}
+
+template <typename acc_t>
+const acc_t* data_or_null(const at::Tensor& t) {
+  return t.defined() ? t.data_ptr<acc_t>() : nullptr;
+}
+
+// The terms of box i of boxes (angles: per-box atan, CIoU only).
 template <OverlapMode kMode, typename acc_t>
-__global__ void overlap_matrix_kernel(const acc_t* __restrict__ a, const acc_t* __restrict__ b, int64_t n,
+__device__ inline BoxTerms<acc_t> terms_of(const acc_t* boxes, const acc_t* angles, int64_t i) {
+  const acc_t* p = boxes + 4 * i;
+  BoxTerms<acc_t> t = box_terms<OverlapMode::DIoU, acc_t>(p[0], p[1], p[2], p[3]);  // all but the angle
+  if (kMode == OverlapMode::CIoU) t.angle = angles[i];
+  return t;
+}
+
+// a: [n, 4], b: [m, 4] (acc_t, contiguous), ang_a / ang_b their angles (CIoU);
+// out: [n, m].
+template <OverlapMode kMode, typename acc_t>
+__global__ void overlap_matrix_kernel(const acc_t* __restrict__ a, const acc_t* __restrict__ ang_a,
+                                      const acc_t* __restrict__ b, const acc_t* __restrict__ ang_b, int64_t n,
                                       int64_t m, acc_t eps, acc_t* __restrict__ out) {
-  __shared__ acc_t sb[4][kTile];  // boxes2 of the tile, one row per coordinate
-  __shared__ acc_t sa[kTile][4];  // boxes1 of the tile
+  __shared__ BoxTerms<acc_t> sa[kTile];  // terms of the tile's boxes1
   const int tx = threadIdx.x, ty = threadIdx.y;
   const int tid = ty * kTile + tx;
-  const int64_t j0 = static_cast<int64_t>(blockIdx.x) * kTile;
+  const int64_t j = static_cast<int64_t>(blockIdx.x) * kTile + tx;
+  // Every thread row holds the terms of its column's box2 in registers.
+  BoxTerms<acc_t> bt{};
+  if (j < m) bt = terms_of<kMode, acc_t>(b, ang_b, j);
   const int64_t row_tiles = (n + kTile - 1) / kTile;
   for (int64_t rt = blockIdx.y; rt < row_tiles; rt += gridDim.y) {
     const int64_t i0 = rt * kTile;
-    __syncthreads();  // the previous tile is done with sa/sb
-    for (int e = tid; e < 4 * kTile; e += blockDim.x * blockDim.y) {
-      // Coalesced flat loads of kTile boxes (4 * kTile values).
-      const int box = e / 4, k = e % 4;
-      sb[k][box] = (j0 + box < m) ? b[j0 * 4 + e] : acc_t(0);
-      sa[box][k] = (i0 + box < n) ? a[i0 * 4 + e] : acc_t(0);
-    }
+    __syncthreads();  // the previous tile is done with sa
+    if (tid < kTile && i0 + tid < n) sa[tid] = terms_of<kMode, acc_t>(a, ang_a, i0 + tid);
     __syncthreads();
-    const int64_t j = j0 + tx;
     if (j < m) {
-      const acc_t bx1 = sb[0][tx], by1 = sb[1][tx], bx2 = sb[2][tx], by2 = sb[3][tx];
 #pragma unroll 4
       for (int r = 0; r < kTileRowsPerThread; ++r) {
         const int li = ty * kTileRowsPerThread + r;
         const int64_t i = i0 + li;
-        if (i < n) {
-          out[i * m + j] = box_overlap<kMode, false, acc_t>(sa[li][0], sa[li][1], sa[li][2], sa[li][3], bx1, by1,
-                                                            bx2, by2, eps);
-        }
+        if (i < n) out[i * m + j] = box_overlap_terms<kMode, false, acc_t>(sa[li], bt, eps);
       }
     }
   }
 }
 
 template <OverlapMode kMode, typename acc_t, typename out_t>
-__global__ void overlap_aligned_kernel(const acc_t* __restrict__ a, const acc_t* __restrict__ b, int64_t n,
+__global__ void overlap_aligned_kernel(const acc_t* __restrict__ a, const acc_t* __restrict__ ang_a,
+                                       const acc_t* __restrict__ b, const acc_t* __restrict__ ang_b, int64_t n,
                                        acc_t eps, out_t* __restrict__ out) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const acc_t* p = a + 4 * i;
-    const acc_t* q = b + 4 * i;
-    out[i] = static_cast<out_t>(box_overlap<kMode, true, acc_t>(p[0], p[1], p[2], p[3], q[0], q[1], q[2], q[3], eps));
+    out[i] = static_cast<out_t>(box_overlap_terms<kMode, true, acc_t>(terms_of<kMode, acc_t>(a, ang_a, i),
+                                                                     terms_of<kMode, acc_t>(b, ang_b, i), eps));
   }
 }
 
@@ -115,6 +133,7 @@ at::Tensor box_overlaps_cuda(const at::Tensor& boxes1, const at::Tensor& boxes2,
   if (out.numel() == 0) return out;
   const at::Tensor a = boxes1.to(acc_type).contiguous();
   const at::Tensor b = boxes2.to(acc_type).contiguous();
+  const at::Tensor ang_a = box_angles(a, mode), ang_b = box_angles(b, mode);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
 
   AT_DISPATCH_FLOATING_TYPES(acc_type, "box_overlaps_cuda", [&] {
@@ -126,7 +145,8 @@ at::Tensor box_overlaps_cuda(const at::Tensor& boxes1, const at::Tensor& boxes2,
         AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out_type, "box_overlaps_cuda_out", [&] {
           const unsigned int grid = std::min<unsigned int>(blocks_for(n, 256), 65536u);
           overlap_aligned_kernel<kMode, acc_t, scalar_t><<<grid, 256, 0, stream>>>(
-              a.data_ptr<acc_t>(), b.data_ptr<acc_t>(), n, e, out.data_ptr<scalar_t>());
+              a.data_ptr<acc_t>(), data_or_null<acc_t>(ang_a), b.data_ptr<acc_t>(), data_or_null<acc_t>(ang_b), n, e,
+              out.data_ptr<scalar_t>());
           C10_CUDA_KERNEL_LAUNCH_CHECK();
         });
       } else {
@@ -134,8 +154,9 @@ at::Tensor box_overlaps_cuda(const at::Tensor& boxes1, const at::Tensor& boxes2,
         const dim3 block(kTile, kTile / kTileRowsPerThread);
         const dim3 grid(blocks_for(m, kTile),
                         static_cast<unsigned int>(std::min<int64_t>((n + kTile - 1) / kTile, kMaxGridY)));
-        overlap_matrix_kernel<kMode, acc_t><<<grid, block, 0, stream>>>(a.data_ptr<acc_t>(), b.data_ptr<acc_t>(), n,
-                                                                        m, e, out.data_ptr<acc_t>());
+        overlap_matrix_kernel<kMode, acc_t><<<grid, block, 0, stream>>>(
+            a.data_ptr<acc_t>(), data_or_null<acc_t>(ang_a), b.data_ptr<acc_t>(), data_or_null<acc_t>(ang_b), n, m, e,
+            out.data_ptr<acc_t>());
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       }
     });
