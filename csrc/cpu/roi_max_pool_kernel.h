@@ -11,9 +11,10 @@
 //
 // Why not a separable (row max, then column max) sweep: RoIPool bins tile the
 // RoI with at most one shared row / column between neighbours, so a direct
-// sweep reads each cell about once already; a separable one would read it once
-// in the first pass and then its partial results again (and need a tie-break on
-// the argmax), which measured no better on the benchmark's 1-25 cell RoIs.
+// sweep reads each cell about once already; a separable one reads every cell
+// once in its first pass and then its partial results again (columns-first
+// also needs a tie-break on the argmax). Not expected to pay on 1-25 cell
+// RoIs; not tried.
 //
 // The loops are compiled for the baseline ISA and, on x86-64 with GCC/Clang,
 // also for AVX2 (picked at run time). Only comparisons and selections: both
