@@ -1,10 +1,11 @@
 // CPU kernels of roi_pool and its backward.
 //
-// Forward: parallel over (image, block of channels); the bin edges are computed
-// once per RoI and shared by the block; the channel loop is innermost and
-// contiguous (channels-last input read in place, other layouts from a
-// per-thread transposed copy of the block), max and argmax branch-free.
-// The output and argmax are contiguous [K, C, pooled_h, pooled_w].
+// Forward: the bins of every RoI are laid out once; then tasks are (image,
+// block of channels): a task copies its block of the image into a per-thread
+// (H, W, block) buffer in the accumulate type and max-pools every RoI of the
+// image from it (cpu/roi_max_pool_kernel.h: vectors of channels, branch-free,
+// AVX2 where the CPU has it). The output and argmax are contiguous
+// [K, C, pooled_h, pooled_w].
 // Backward: parallel over (image, block of channels); each task owns those
 // grad_input planes and adds the RoIs of its image in increasing order, so the
 // result is bit-identical for any thread count.
@@ -19,104 +20,66 @@
 #include "common/checks.h"
 #include "common/roi_math.h"
 #include "cpu/roi_align_kernel.h"
+#include "cpu/roi_max_pool_kernel.h"
 #include "ops/roi_align.h"
 #include "ops/roi_pool.h"
 
 namespace pydetops {
 namespace {
 
-constexpr int64_t kBlock = cpu::kChannelBlock;
+constexpr int64_t kBlock = cpu::kChannelBlock;  // backward
 
-// Max and first argmax over one bin for a block of channels stored (H, W,
-// channel) with unit channel stride; branch-free so that it vectorises.
-// CB > 0: compile-time block width; CB == 0: `cbn` channels.
-template <int CB, typename src_t, typename acc_t, typename idx_t>
-inline void pool_bin_interleaved(const src_t* __restrict src, int64_t rs, int64_t cs, int64_t W, int64_t cbn,
-                                 int64_t hs, int64_t he, int64_t ws, int64_t we, acc_t* __restrict m,
-                                 idx_t* __restrict idx) {
-  const int64_t n = CB > 0 ? CB : cbn;
-  for (int64_t c = 0; c < n; ++c) {
-    m[c] = static_cast<acc_t>(-FLT_MAX);
-    idx[c] = -1;
-  }
-  for (int64_t h = hs; h < he; ++h)
-    for (int64_t w = ws; w < we; ++w) {
-      const src_t* __restrict px = src + h * rs + w * cs;
-      const idx_t flat = static_cast<idx_t>(h * W + w);
-      for (int64_t c = 0; c < n; ++c) {
-        const acc_t v = static_cast<acc_t>(px[c]);
-        const bool gt = v > m[c];
-        m[c] = gt ? v : m[c];
-        idx[c] = gt ? flat : idx[c];
-      }
-    }
-}
-
-// Forward. Tasks are (image, block of channels); a task reads the block in
-// place when the input is channels-last, else from a per-thread (H, W, block)
-// copy in the accumulate type, and pools every RoI of its image from it.
-template <typename scalar_t, typename acc_t, typename idx_t>
+// Forward. acc_t: the input's accumulate type, in which the bin edges are
+// computed (as torchvision) and values compared. H * W < 2^31 (checked).
+template <typename scalar_t, typename acc_t>
 void roi_pool_forward_kernel(const at::Tensor& input, const acc_t* rois, int64_t K, double scale, int64_t PH,
-                             int64_t PW, scalar_t* out, int64_t* argmax) {
+                             int64_t PW, scalar_t* out, int32_t* argmax) {
+  using V = typename cpu::MaxVec<acc_t>::V;
+  using I = typename cpu::MaxVec<acc_t>::I;
+  using idx_t = typename cpu::MaxVec<acc_t>::idx_t;
+  constexpr int64_t CB = cpu::max_block_channels<acc_t>();
   const int64_t N = input.size(0), C = input.size(1), H = input.size(2), W = input.size(3);
   const int64_t sN = input.stride(0), sC = input.stride(1), sH = input.stride(2), sW = input.stride(3);
   const scalar_t* data = input.data_ptr<scalar_t>();
-  const int64_t nb = (C + kBlock - 1) / kBlock, ohw = PH * PW;
-  const bool in_place = sC == 1 && C > 1;
-  const cpu::RoIGroups groups = cpu::group_rois(rois, K, nullptr, 1, N);
-  at::parallel_for(0, N * nb, 1, [&](int64_t t_begin, int64_t t_end) {
-    alignas(64) acc_t m[kBlock];
-    alignas(64) idx_t idx[kBlock];
-    cpu::Scratch scratch;
+  const int64_t nb = (C + CB - 1) / CB, ohw = PH * PW;
+  // Bins of every RoI, row-major; an invalid RoI has only empty bins.
+  std::vector<cpu::MaxBin> bins(static_cast<size_t>(K * ohw));
+  at::parallel_for(0, K, 256, [&](int64_t k_begin, int64_t k_end) {
     std::vector<int64_t> hs(PH), he(PH), ws(PW), we(PW);
+    for (int64_t k = k_begin; k < k_end; ++k) {
+      const acc_t* roi = rois + 5 * k;
+      const RoIPoolBox b = roi_pool_box<acc_t>(roi[1], roi[2], roi[3], roi[4], scale);
+      for (int64_t ph = 0; ph < PH; ++ph) roi_pool_bin<acc_t>(ph, PH, b.start_h, b.height, H, &hs[ph], &he[ph]);
+      for (int64_t pw = 0; pw < PW; ++pw) roi_pool_bin<acc_t>(pw, PW, b.start_w, b.width, W, &ws[pw], &we[pw]);
+      cpu::MaxBin* kb = bins.data() + k * ohw;
+      for (int64_t ph = 0; ph < PH; ++ph)
+        for (int64_t pw = 0; pw < PW; ++pw)
+          kb[ph * PW + pw] = b.valid ? cpu::MaxBin{hs[ph], he[ph], ws[pw], we[pw]} : cpu::MaxBin{0, 0, 0, 0};
+    }
+  });
+  const cpu::RoIGroups groups = cpu::group_rois(rois, K, nullptr, 1, N);
+  const cpu::MaxBinsFn<cpu::MaxRule::kSkipNaN, acc_t> pool = cpu::pick_max_bins<cpu::MaxRule::kSkipNaN, acc_t>();
+  at::parallel_for(0, N * nb, 1, [&](int64_t t_begin, int64_t t_end) {
+    cpu::AlignedBuffer<V> blk_buf, mt_buf;
+    cpu::AlignedBuffer<I> it_buf;
+    V* const mt = mt_buf.get(ohw * cpu::kMaxVecs);
+    I* const it = it_buf.get(ohw * cpu::kMaxVecs);
     for (int64_t t = t_begin; t < t_end; ++t) {
-      const int64_t n = t % N, c0 = (t / N) * kBlock, cbn = std::min(kBlock, C - c0);
+      const int64_t n = t % N, c0 = (t / N) * CB, cbn = std::min(CB, C - c0);
       if (groups.begin[n] == groups.begin[n + 1]) continue;
-      const scalar_t* base = data + n * sN + c0 * sC;
-      const acc_t* tbuf = nullptr;
-      if (!in_place) {
-        acc_t* buf = scratch.get<acc_t>(H * W * cbn);
-        for (int64_t h = 0; h < H; ++h)
-          for (int64_t c = 0; c < cbn; ++c) {
-            const scalar_t* row = base + c * sC + h * sH;
-            acc_t* dst = buf + h * W * cbn + c;
-            for (int64_t w = 0; w < W; ++w) dst[w * cbn] = static_cast<acc_t>(row[w * sW]);
-          }
-        tbuf = buf;
-      }
+      V* const blk = blk_buf.get(H * W * cpu::kMaxVecs);
+      cpu::fill_max_block<scalar_t, acc_t>(data + n * sN + c0 * sC, sC, sH, sW, H, W, cbn, blk);
+      const acc_t* ms = reinterpret_cast<const acc_t*>(mt);
+      const idx_t* is = reinterpret_cast<const idx_t*>(it);
       for (int64_t i = groups.begin[n]; i < groups.begin[n + 1]; ++i) {
         const int64_t k = groups.order[i];
-        const acc_t* roi = rois + 5 * k;
-        const RoIPoolBox b = roi_pool_box<acc_t>(roi[1], roi[2], roi[3], roi[4], scale);
-        for (int64_t ph = 0; ph < PH; ++ph) roi_pool_bin<acc_t>(ph, PH, b.start_h, b.height, H, &hs[ph], &he[ph]);
-        for (int64_t pw = 0; pw < PW; ++pw) roi_pool_bin<acc_t>(pw, PW, b.start_w, b.width, W, &ws[pw], &we[pw]);
+        pool(blk, W, bins.data() + k * ohw, ohw, mt, it);
         scalar_t* o = out + (k * C + c0) * ohw;
-        int64_t* a = argmax + (k * C + c0) * ohw;
-        for (int64_t ph = 0; ph < PH; ++ph)
-          for (int64_t pw = 0; pw < PW; ++pw) {
-            const int64_t cell = ph * PW + pw;
-            if (!b.valid || he[ph] <= hs[ph] || we[pw] <= ws[pw]) {
-              for (int64_t c = 0; c < cbn; ++c) {
-                o[c * ohw + cell] = scalar_t(0);
-                a[c * ohw + cell] = -1;
-              }
-              continue;
-            }
-            if (in_place) {
-              if (cbn == kBlock)
-                pool_bin_interleaved<kBlock>(base, sH, sW, W, cbn, hs[ph], he[ph], ws[pw], we[pw], m, idx);
-              else
-                pool_bin_interleaved<0>(base, sH, sW, W, cbn, hs[ph], he[ph], ws[pw], we[pw], m, idx);
-            } else {
-              if (cbn == kBlock)
-                pool_bin_interleaved<kBlock>(tbuf, W * cbn, cbn, W, cbn, hs[ph], he[ph], ws[pw], we[pw], m, idx);
-              else
-                pool_bin_interleaved<0>(tbuf, W * cbn, cbn, W, cbn, hs[ph], he[ph], ws[pw], we[pw], m, idx);
-            }
-            for (int64_t c = 0; c < cbn; ++c) {
-              o[c * ohw + cell] = static_cast<scalar_t>(m[c]);
-              a[c * ohw + cell] = static_cast<int64_t>(idx[c]);
-            }
+        int32_t* a = argmax + (k * C + c0) * ohw;
+        for (int64_t c = 0; c < cbn; ++c)
+          for (int64_t cell = 0; cell < ohw; ++cell) {
+            o[c * ohw + cell] = static_cast<scalar_t>(ms[cell * CB + c]);
+            a[c * ohw + cell] = static_cast<int32_t>(is[cell * CB + c]);
           }
       }
     }
@@ -125,24 +88,17 @@ void roi_pool_forward_kernel(const at::Tensor& input, const acc_t* rois, int64_t
 
 std::tuple<at::Tensor, at::Tensor> roi_pool_cpu(const at::Tensor& input, const at::Tensor& boxes,
                                                 double spatial_scale, int64_t pooled_height, int64_t pooled_width) {
-  check_roi_align_args(input, boxes, spatial_scale, pooled_height, pooled_width);
+  check_roi_pool_forward_args(input, boxes, spatial_scale, pooled_height, pooled_width);
   const int64_t K = boxes.size(0), C = input.size(1);
   at::Tensor out = at::empty({K, C, pooled_height, pooled_width}, input.options());
-  at::Tensor argmax = at::empty({K, C, pooled_height, pooled_width}, input.options().dtype(at::kLong));
+  at::Tensor argmax = at::empty({K, C, pooled_height, pooled_width}, input.options().dtype(at::kInt));
   if (out.numel() == 0) return {out, argmax};
   const auto acc_type = accumulate_type_of(input.scalar_type());
   const at::Tensor rois = boxes.to(acc_type).contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "roi_pool_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    // int32 indices vectorise with float32 values; int64 only for maps of 2^31 pixels or more.
-    if (input.size(2) * input.size(3) < (int64_t(1) << 31))
-      roi_pool_forward_kernel<scalar_t, acc_t, int32_t>(input, rois.data_ptr<acc_t>(), K, spatial_scale,
-                                                        pooled_height, pooled_width, out.data_ptr<scalar_t>(),
-                                                        argmax.data_ptr<int64_t>());
-    else
-      roi_pool_forward_kernel<scalar_t, acc_t, int64_t>(input, rois.data_ptr<acc_t>(), K, spatial_scale,
-                                                        pooled_height, pooled_width, out.data_ptr<scalar_t>(),
-                                                        argmax.data_ptr<int64_t>());
+    roi_pool_forward_kernel<scalar_t, acc_t>(input, rois.data_ptr<acc_t>(), K, spatial_scale, pooled_height,
+                                             pooled_width, out.data_ptr<scalar_t>(), argmax.data_ptr<int32_t>());
   });
   return {out, argmax};
 }
@@ -168,7 +124,7 @@ at::Tensor roi_pool_backward_cpu(const at::Tensor& grad, const at::Tensor& boxes
     for (int64_t k = 0; k < K; ++k) order[fill[static_cast<int64_t>(r[5 * k])]++] = k;
     const at::Tensor am = argmax.contiguous();
     const at::Tensor g = grad.to(acc_type).contiguous();
-    const int64_t* a = am.data_ptr<int64_t>();
+    const int32_t* a = am.data_ptr<int32_t>();
     const int64_t nb = (C + kBlock - 1) / kBlock;
     AT_DISPATCH_FLOATING_TYPES(acc_type, "roi_pool_backward_cpu", [&] {
       const scalar_t* gp = g.data_ptr<scalar_t>();
@@ -180,7 +136,7 @@ at::Tensor roi_pool_backward_cpu(const at::Tensor& grad, const at::Tensor& boxes
             const int64_t k = order[i];
             for (int64_t c = c0; c < c1; ++c) {
               scalar_t* plane = out + (n * C + c) * HW;
-              const int64_t* ak = a + (k * C + c) * ohw;
+              const int32_t* ak = a + (k * C + c) * ohw;
               const scalar_t* gk = gp + (k * C + c) * ohw;
               for (int64_t j = 0; j < ohw; ++j) {
                 const int64_t pos = ak[j];

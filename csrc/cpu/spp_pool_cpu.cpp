@@ -1,8 +1,9 @@
 // CPU kernels of spp_pool (spatial pyramid max pooling of RoIs) and its backward.
 //
 // Forward: the bin rectangles of every level of every RoI are laid out once
-// (common/roi_pool_bins.h); then one work item per (RoI, channel) max-pools
-// all its bins, reading the input in place through its strides. The argmax
+// (common/roi_pool_bins.h); then tasks are (image, block of channels), each
+// pooling every bin of every RoI of its image from a per-thread (H, W, block)
+// copy (cpu/roi_max_pool_kernel.h, shared with roi_pool). The argmax
 // (h * W + w, -1 for an empty bin) is kept for the backward. Ties keep the
 // first maximum in row-major order; a NaN in a bin makes the bin NaN.
 // Backward: one work item per (image, channel) plane of grad_input, visiting
@@ -17,15 +18,14 @@
 #include "common/checks.h"
 #include "common/roi_pool_bins.h"
 #include "cpu/roi_groups_cpu.h"
+#include "cpu/roi_max_pool_kernel.h"
 #include "ops/psroi_spp_common.h"
 #include "ops/spp_pool.h"
 
 namespace pydetops {
 namespace {
 
-struct BinRect {
-  int64_t h0, h1, w0, w1;  // [h0, h1) x [w0, w1); empty: h1 <= h0 or w1 <= w0
-};
+using BinRect = cpu::MaxBin;  // [h0, h1) x [w0, w1); empty: h1 <= h0 or w1 <= w0
 
 // rects[k * cells + cell], cells in output order: level by level, row-major in a level.
 template <typename acc_t>
@@ -51,43 +51,50 @@ std::vector<BinRect> spp_bin_rects(const acc_t* r, int64_t num_rois, acc_t scale
   return rects;
 }
 
+// Tasks are (image, block of channels): the block is copied once into a
+// (H, W, block) buffer and every RoI of the image is pooled from it.
 template <typename scalar_t, typename acc_t>
 void forward_kernel(const at::Tensor& input, const acc_t* r, const std::vector<BinRect>& rects,
                     at::IntArrayRef levels, int64_t cells, at::Tensor& output, at::Tensor& argmax) {
+  using V = typename cpu::MaxVec<acc_t>::V;
+  using I = typename cpu::MaxVec<acc_t>::I;
+  using idx_t = typename cpu::MaxVec<acc_t>::idx_t;
+  constexpr int64_t CB = cpu::max_block_channels<acc_t>();
   const scalar_t* in = input.data_ptr<scalar_t>();
   const int64_t sN = input.stride(0), sC = input.stride(1), sH = input.stride(2), sW = input.stride(3);
-  const int64_t channels = input.size(1), width = input.size(3);
+  const int64_t batch = input.size(0), channels = input.size(1), height = input.size(2), width = input.size(3);
   scalar_t* out = output.data_ptr<scalar_t>();
   int32_t* am = argmax.data_ptr<int32_t>();
-  const int64_t num_rois = output.size(0);
+  const int64_t num_rois = output.size(0), nb = (channels + CB - 1) / CB;
   const std::vector<int64_t> lv(levels.begin(), levels.end());
-  // Small problems run inline: a parallel region costs more than they do.
-  const int64_t grain = std::max<int64_t>(1, 4096 / cells);
-  at::parallel_for(0, num_rois * channels, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t item = begin; item < end; ++item) {
-      const int64_t k = item / channels, c = item % channels;
-      const scalar_t* plane = in + static_cast<int64_t>(r[5 * k]) * sN + c * sC;
-      const BinRect* rect = rects.data() + k * cells;
-      int64_t level_offset = 0;  // sum of l*l over the previous levels
-      for (const int64_t l : lv) {
-        const int64_t base = k * channels * cells + channels * level_offset + c * l * l;
-        for (int64_t p = 0; p < l * l; ++p, ++rect) {
-          acc_t best = 0;
-          int32_t best_idx = -1;
-          for (int64_t h = rect->h0; h < rect->h1; ++h) {
-            for (int64_t w = rect->w0; w < rect->w1; ++w) {
-              const acc_t v = static_cast<acc_t>(plane[h * sH + w * sW]);
-              if (best_idx < 0 || v > best || v != v) {
-                if (best_idx >= 0 && best != best) continue;  // keep the first NaN
-                best = v;
-                best_idx = static_cast<int32_t>(h * width + w);
-              }
+  const RoisByImage groups = group_rois_by_image(r, num_rois, batch);
+  const cpu::MaxBinsFn<cpu::MaxRule::kFirstNaN, acc_t> pool = cpu::pick_max_bins<cpu::MaxRule::kFirstNaN, acc_t>();
+  at::parallel_for(0, batch * nb, 1, [&](int64_t t_begin, int64_t t_end) {
+    cpu::AlignedBuffer<V> blk_buf, mt_buf;
+    cpu::AlignedBuffer<I> it_buf;
+    V* const mt = mt_buf.get(cells * cpu::kMaxVecs);
+    I* const it = it_buf.get(cells * cpu::kMaxVecs);
+    const acc_t* ms = reinterpret_cast<const acc_t*>(mt);
+    const idx_t* is = reinterpret_cast<const idx_t*>(it);
+    for (int64_t t = t_begin; t < t_end; ++t) {
+      const int64_t n = t % batch, c0 = (t / batch) * CB, cbn = std::min(CB, channels - c0);
+      if (groups.offset[n] == groups.offset[n + 1]) continue;
+      V* const blk = blk_buf.get(height * width * cpu::kMaxVecs);
+      cpu::fill_max_block<scalar_t, acc_t>(in + n * sN + c0 * sC, sC, sH, sW, height, width, cbn, blk);
+      for (int64_t q = groups.offset[n]; q < groups.offset[n + 1]; ++q) {
+        const int64_t k = groups.order[q];
+        pool(blk, width, rects.data() + k * cells, cells, mt, it);
+        int64_t level_offset = 0;  // sum of l*l over the previous levels
+        for (const int64_t l : lv) {
+          const int64_t ll = l * l;
+          const int64_t base = k * channels * cells + channels * level_offset + c0 * ll;
+          for (int64_t c = 0; c < cbn; ++c)
+            for (int64_t p = 0; p < ll; ++p) {
+              out[base + c * ll + p] = static_cast<scalar_t>(ms[(level_offset + p) * CB + c]);
+              am[base + c * ll + p] = static_cast<int32_t>(is[(level_offset + p) * CB + c]);
             }
-          }
-          out[base + p] = static_cast<scalar_t>(best);
-          am[base + p] = best_idx;
+          level_offset += ll;
         }
-        level_offset += l * l;
       }
     }
   });

@@ -67,7 +67,7 @@ template <typename scalar_t, typename acc_t, bool kChannelsFastest>
 __global__ void roi_pool_forward_kernel(const scalar_t* __restrict__ input, int64_t sN, int64_t sC, int64_t sH,
                                         int64_t sW, int64_t C, int64_t H, int64_t W,
                                         const PoolGeom* __restrict__ geom, int64_t K, int64_t PH, int64_t PW,
-                                        scalar_t* __restrict__ out, int64_t* __restrict__ argmax) {
+                                        scalar_t* __restrict__ out, int32_t* __restrict__ argmax) {
   const int64_t total = K * C * PH * PW;
   for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < total;
        idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -103,14 +103,14 @@ __global__ void roi_pool_forward_kernel(const scalar_t* __restrict__ input, int6
         }
       }
     out[o] = static_cast<scalar_t>(m);
-    argmax[o] = best;
+    argmax[o] = static_cast<int32_t>(best);
   }
 }
 
 // Default backward: grad and argmax [K, C, PH, PW] contiguous; gi [N, C, H, W]
 // acc_t, zero-filled.
 template <typename acc_t>
-__global__ void roi_pool_backward_atomic_kernel(const acc_t* __restrict__ grad, const int64_t* __restrict__ argmax,
+__global__ void roi_pool_backward_atomic_kernel(const acc_t* __restrict__ grad, const int32_t* __restrict__ argmax,
                                                 const PoolGeom* __restrict__ geom, int64_t K, int64_t C, int64_t HW,
                                                 int64_t PHW, acc_t* __restrict__ gi) {
   const int64_t total = K * C * PHW;
@@ -144,7 +144,7 @@ __device__ inline void bins_holding(int64_t v, int64_t start, int64_t size, int6
 
 // Deterministic backward: one thread per grad_input element (w fastest).
 template <typename acc_t, typename scalar_t>
-__global__ void roi_pool_backward_gather_kernel(const acc_t* __restrict__ grad, const int64_t* __restrict__ argmax,
+__global__ void roi_pool_backward_gather_kernel(const acc_t* __restrict__ grad, const int32_t* __restrict__ argmax,
                                                 const PoolGeom* __restrict__ geom,
                                                 const int64_t* __restrict__ roi_order,
                                                 const int64_t* __restrict__ offsets, int64_t N, int64_t C, int64_t H,
@@ -184,12 +184,12 @@ __global__ void roi_pool_backward_gather_kernel(const acc_t* __restrict__ grad, 
 
 std::tuple<at::Tensor, at::Tensor> roi_pool_cuda(const at::Tensor& input, const at::Tensor& boxes,
                                                  double spatial_scale, int64_t pooled_height, int64_t pooled_width) {
-  check_roi_align_args(input, boxes, spatial_scale, pooled_height, pooled_width);
+  check_roi_pool_forward_args(input, boxes, spatial_scale, pooled_height, pooled_width);
   const c10::cuda::CUDAGuard guard(input.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const int64_t K = boxes.size(0), N = input.size(0), C = input.size(1), H = input.size(2), W = input.size(3);
   at::Tensor out = at::empty({K, C, pooled_height, pooled_width}, input.options());
-  at::Tensor argmax = at::empty({K, C, pooled_height, pooled_width}, input.options().dtype(at::kLong));
+  at::Tensor argmax = at::empty({K, C, pooled_height, pooled_width}, input.options().dtype(at::kInt));
   if (out.numel() == 0) return {out, argmax};
   const auto acc_type = accumulate_type_of(input.scalar_type());
   const at::Tensor rois = boxes.to(acc_type).contiguous();
@@ -205,11 +205,11 @@ std::tuple<at::Tensor, at::Tensor> roi_pool_cuda(const at::Tensor& input, const 
     if (channels_fastest) {
       roi_pool_forward_kernel<scalar_t, acc_t, true><<<grid, kThreads, 0, stream>>>(
           input.data_ptr<scalar_t>(), input.stride(0), input.stride(1), input.stride(2), input.stride(3), C, H, W,
-          geom_p, K, pooled_height, pooled_width, out.data_ptr<scalar_t>(), argmax.data_ptr<int64_t>());
+          geom_p, K, pooled_height, pooled_width, out.data_ptr<scalar_t>(), argmax.data_ptr<int32_t>());
     } else {
       roi_pool_forward_kernel<scalar_t, acc_t, false><<<grid, kThreads, 0, stream>>>(
           input.data_ptr<scalar_t>(), input.stride(0), input.stride(1), input.stride(2), input.stride(3), C, H, W,
-          geom_p, K, pooled_height, pooled_width, out.data_ptr<scalar_t>(), argmax.data_ptr<int64_t>());
+          geom_p, K, pooled_height, pooled_width, out.data_ptr<scalar_t>(), argmax.data_ptr<int32_t>());
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
@@ -246,7 +246,7 @@ at::Tensor roi_pool_backward_cuda(const at::Tensor& grad, const at::Tensor& boxe
     if (!deterministic) {
       at::Tensor acc = at::zeros({N, C, H, W}, grad.options().dtype(acc_type));
       roi_pool_backward_atomic_kernel<acc_t><<<blocks_for(g.numel(), kThreads), kThreads, 0, stream>>>(
-          g.data_ptr<acc_t>(), am.data_ptr<int64_t>(), geom_p, K, C, H * W, PH * PW, acc.data_ptr<acc_t>());
+          g.data_ptr<acc_t>(), am.data_ptr<int32_t>(), geom_p, K, C, H * W, PH * PW, acc.data_ptr<acc_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       gi = acc.scalar_type() == grad.scalar_type() ? acc : acc.to(grad.scalar_type());
       return;
@@ -257,7 +257,7 @@ at::Tensor roi_pool_backward_cuda(const at::Tensor& grad, const at::Tensor& boxe
         at::searchsorted(std::get<0>(sorted).contiguous(), at::arange(N + 1, batch_key.options())).contiguous();
     gi = at::empty({N, C, H, W}, grad.options());
     roi_pool_backward_gather_kernel<acc_t, scalar_t><<<blocks_for(gi.numel(), kThreads), kThreads, 0, stream>>>(
-        g.data_ptr<acc_t>(), am.data_ptr<int64_t>(), geom_p, roi_order.data_ptr<int64_t>(),
+        g.data_ptr<acc_t>(), am.data_ptr<int32_t>(), geom_p, roi_order.data_ptr<int64_t>(),
         offsets.data_ptr<int64_t>(), N, C, H, W, PH, PW, gi.data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });

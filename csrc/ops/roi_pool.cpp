@@ -9,6 +9,13 @@
 
 namespace pydetops {
 
+void check_roi_pool_forward_args(const at::Tensor& input, const at::Tensor& boxes, double spatial_scale,
+                                 int64_t pooled_height, int64_t pooled_width) {
+  check_roi_align_args(input, boxes, spatial_scale, pooled_height, pooled_width);
+  TORCH_CHECK_VALUE(input.size(2) * input.size(3) < (int64_t(1) << 31), "input: H * W must fit in int32 (argmax), got ",
+                    input.size(2), " x ", input.size(3));
+}
+
 void check_roi_pool_backward_args(const at::Tensor& grad, const at::Tensor& boxes, const at::Tensor& argmax,
                                   double spatial_scale, int64_t pooled_height, int64_t pooled_width,
                                   int64_t batch_size, int64_t channels, int64_t height, int64_t width) {
@@ -18,7 +25,7 @@ void check_roi_pool_backward_args(const at::Tensor& grad, const at::Tensor& boxe
   check_floating(grad, "grad");
   check_roi_boxes(boxes, boxes.scalar_type(), grad.device(), batch_size);
   check_roi_grad(grad, boxes, channels, pooled_height, pooled_width);
-  TORCH_CHECK_TYPE(argmax.scalar_type() == at::kLong, "argmax must be an int64 tensor, got ", argmax.scalar_type());
+  TORCH_CHECK_TYPE(argmax.scalar_type() == at::kInt, "argmax must be an int32 tensor, got ", argmax.scalar_type());
   TORCH_CHECK_VALUE(argmax.sizes() == grad.sizes(), "argmax must have the shape of grad ", grad.sizes(), ", got ",
                     argmax.sizes());
   check_same_device(grad, "grad", argmax, "argmax");

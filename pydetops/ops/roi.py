@@ -276,7 +276,7 @@ def _roi_pool_fake(input, boxes, spatial_scale, pooled_height, pooled_width):
     torch._check(input.dim() == 4, lambda: f"input must be a Tensor[N, C, H, W], got {input.shape}")
     _check_fake_rois(boxes)
     shape = (boxes.shape[0], input.shape[1], pooled_height, pooled_width)
-    return input.new_empty(shape), input.new_empty(shape, dtype=torch.int64)
+    return input.new_empty(shape), input.new_empty(shape, dtype=torch.int32)
 
 
 @torch.library.register_fake("pydetops::_roi_pool_backward")
