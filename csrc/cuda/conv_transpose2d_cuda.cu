@@ -74,7 +74,7 @@ __global__ void col2im_kernel(const acc_t* __restrict__ cols, const acc_t* __res
 // cols[(co, ki, kj), (n, ih, iw)] = grad_out[n, co, target(ih, ki), target(iw, kj)] or 0.
 template <typename acc_t>
 __global__ void im2col_kernel(const acc_t* __restrict__ go, Geom g, int64_t nb, acc_t* __restrict__ cols) {
-  const int64_t hw = g.h_in * g.w_in, plane = g.h_out * g.w_out, ncols = nb * hw;
+  const int64_t hw = g.h_in * g.w_in, ncols = nb * hw;
   const int64_t total = g.c_out * g.kh * g.kw * ncols;
   for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < total;
        e += static_cast<int64_t>(gridDim.x) * blockDim.x) {

@@ -18,8 +18,12 @@
 //  * deterministic (torch.use_deterministic_algorithms(True)): one thread per
 //    grad_input plane (level, image, channel) visits the RoIs of its (level,
 //    image) in increasing order, their bins, samples and corners in the CPU
-//    kernel's order, products rounded on their own (no FMA): the CPU kernel's
-//    sums, bit for bit. (Parallel over planes only: slower than the default.)
+//    kernel's order, products rounded on their own (no FMA contraction of the
+//    kernel's own arithmetic): bit-identical run to run. The same additions as
+//    the CPU kernel; bit-equality with the CPU is not guaranteed, because nvcc
+//    may contract a*b+c in roi_align_box (common/roi_math.h) where the CPU build
+//    (-ffp-contract=off) does not. (Parallel over planes only: slower than the
+//    default.)
 #include <ATen/ATen.h>
 #include <ATen/Context.h>
 #include <ATen/Dispatch.h>
@@ -133,8 +137,8 @@ __global__ void ml_forward_kernel(LevelTable tab, const RoIGeomML<acc_t>* __rest
     if (b.valid && g.batch >= 0) {
       const int64_t H = tab.H[li], W = tab.W[li], sH = tab.sH[li], sW = tab.sW[li];
       const scalar_t* plane = static_cast<const scalar_t*>(tab.data[li]) + g.batch * tab.sN[li] + c * tab.sC[li];
-      const acc_t ys = b.start_h + static_cast<acc_t>(ph) * b.bin_h;
-      const acc_t xs = b.start_w + static_cast<acc_t>(pw) * b.bin_w;
+      const acc_t ys = b.start_h + mul_rn(static_cast<acc_t>(ph), b.bin_h);
+      const acc_t xs = b.start_w + mul_rn(static_cast<acc_t>(pw), b.bin_w);
       int64_t iy0, iy1, ix0, ix1;
       roi_align_sample_range(ys, b.bin_h, b.grid_h, H, &iy0, &iy1);
       roi_align_sample_range(xs, b.bin_w, b.grid_w, W, &ix0, &ix1);
@@ -181,8 +185,8 @@ __global__ void ml_backward_atomic_kernel(const acc_t* __restrict__ grad, LevelT
     if (gv == acc_t(0)) continue;
     const int64_t H = tab.H[li], W = tab.W[li];
     acc_t* plane = static_cast<acc_t*>(tab.grad[li]) + (g.batch * C + c) * H * W;
-    const acc_t ys = b.start_h + static_cast<acc_t>(ph) * b.bin_h;
-    const acc_t xs = b.start_w + static_cast<acc_t>(pw) * b.bin_w;
+    const acc_t ys = b.start_h + mul_rn(static_cast<acc_t>(ph), b.bin_h);
+    const acc_t xs = b.start_w + mul_rn(static_cast<acc_t>(pw), b.bin_w);
     int64_t iy0, iy1, ix0, ix1;
     roi_align_sample_range(ys, b.bin_h, b.grid_h, H, &iy0, &iy1);
     roi_align_sample_range(xs, b.bin_w, b.grid_w, W, &ix0, &ix1);
@@ -226,11 +230,11 @@ __global__ void ml_backward_owner_kernel(const acc_t* __restrict__ grad, LevelTa
       if (!b.valid) continue;
       const acc_t* gk = grad + (k * C + c) * PH * PW;
       for (int64_t ph = 0; ph < PH; ++ph) {
-        const acc_t ys = b.start_h + static_cast<acc_t>(ph) * b.bin_h;
+        const acc_t ys = b.start_h + mul_rn(static_cast<acc_t>(ph), b.bin_h);
         int64_t iy0, iy1;
         roi_align_sample_range(ys, b.bin_h, b.grid_h, H, &iy0, &iy1);
         for (int64_t pw = 0; pw < PW; ++pw) {
-          const acc_t xs = b.start_w + static_cast<acc_t>(pw) * b.bin_w;
+          const acc_t xs = b.start_w + mul_rn(static_cast<acc_t>(pw), b.bin_w);
           int64_t ix0, ix1;
           roi_align_sample_range(xs, b.bin_w, b.grid_w, W, &ix0, &ix1);
           const acc_t gv = gk[ph * PW + pw] / b.count;
