@@ -94,6 +94,10 @@ def test_sweep_all_arguments_float64(device, single_thread):
         (2, 2, 1, (7, 7), 5, 6, 0, 1, (3, 3), 1),            # large padding, sparse taps
         (4, 6, 2, (3, 3), 2, 1, 1, 2, (16, 20), 5),          # chunks of 2 images in parallel, last one short
         (3, 4, 1, (4, 4), 2, 1, 0, 1, (24, 24), 3),          # one image per chunk, 3 chunks
+        # Images in parallel, GEMM + col2im by bands of input rows (an image's columns > 256 KiB):
+        (8, 32, 1, (4, 4), 2, 1, 0, 1, (37, 32), 2),         # bands of 4 rows, a last band of 1
+        (8, 32, 4, (3, 3), 2, 1, 1, 1, (33, 40), 2),         # groups, output_padding, bands of 5
+        (4, 24, 2, (3, 5), (2, 1), (1, 2), (1, 0), (1, 2), (30, 36), 3),  # non-square, dilated, bands
     ],
 )
 def test_selected_shapes(device, cin, cout, groups, k, stride, padding, output_padding, dilation, hw, batch):
@@ -138,6 +142,10 @@ def test_channels_last_and_non_contiguous(device):
     b_nc = torch.randn(6, dtype=torch.float64, device=device)[::2]
     _check_against_torch(x_nc, w_nc, b_nc, kw)
     _check_against_torch(x.to(memory_format=torch.channels_last), w.to(memory_format=torch.channels_last), b, kw)
+    # Large enough planes for the banded path, which reads the channels-last input in place.
+    x_big = torch.randn(2, 4, 34, 40, dtype=torch.float64, device=device).to(memory_format=torch.channels_last)
+    w_big = torch.randn(4, 40, 4, 4, dtype=torch.float64, device=device)
+    _check_against_torch(x_big, w_big, torch.randn(40, dtype=torch.float64, device=device), dict(stride=2, padding=1))
 
 
 def test_empty_batch_and_zero_out_channels(device):
@@ -154,8 +162,9 @@ def test_empty_batch_and_zero_out_channels(device):
 
 
 def test_deterministic_across_thread_counts(device):
-    # 9x9 planes: the whole batch in one GEMM; 16x20 planes: chunks of 2 images in parallel.
-    for shape in ((4, 8, 9, 9), (5, 8, 16, 20)):
+    # 9x9 planes: the whole batch in one GEMM; 16x20 planes: chunks of 2 images in parallel;
+    # 40x40 planes: images in parallel, each by bands of input rows.
+    for shape in ((4, 8, 9, 9), (5, 8, 16, 20), (3, 8, 40, 40)):
         _check_deterministic(device, shape)
 
 
