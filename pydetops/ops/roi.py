@@ -239,11 +239,18 @@ class MultiScaleRoIAlign(nn.Module):
         oh, ow = self.output_size[0], self.output_size[-1]
         dtype = features[0].dtype
         features = [f.to(dtype) for f in features]
+        # The ops take boxes in the features' dtype, except under autocast: there they run in
+        # float32 anyway, and rounding the boxes to half first would move them (by up to a
+        # pixel at 200 px in bfloat16).
+        under_autocast = False
+        if not torch.jit.is_scripting():  # (TorchScript skips this block)
+            under_autocast = torch.is_autocast_enabled(features[0].device.type)
+        if not under_autocast:
+            rois = rois.to(dtype)
         if len(features) == 1:
-            return torch.ops.pydetops.roi_align(features[0], rois.to(dtype), scales[0], oh, ow,
-                                                self.sampling_ratio, False)
+            return torch.ops.pydetops.roi_align(features[0], rois, scales[0], oh, ow, self.sampling_ratio, False)
         levels = _box_levels(boxes, self.k_min, self.k_max, self.canonical_scale, self.canonical_level)
-        return torch.ops.pydetops.multi_level_roi_align(features, rois.to(dtype), levels, scales, oh, ow,
+        return torch.ops.pydetops.multi_level_roi_align(features, rois, levels, scales, oh, ow,
                                                         self.sampling_ratio, False)
 
     def __repr__(self) -> str:
