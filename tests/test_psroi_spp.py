@@ -127,8 +127,9 @@ def ref_ps_roi_pool(x, rois, oh, ow, scale, acc):
                     if rr is None:
                         vals.append(0 * x[b, cin, 0, 0] if H * W else x.new_zeros(()))
                         continue
-                    hs, he = _bin(rr[1], rr[3], oh, i, H, acc)
-                    ws, we = _bin(rr[0], rr[2], ow, j, W, acc)
+                    # Clipped to [0, H - 1] / [0, W - 1], as torchvision's ps_roi_pool.
+                    hs, he = _bin(rr[1], rr[3], oh, i, H - 1, acc)
+                    ws, we = _bin(rr[0], rr[2], ow, j, W - 1, acc)
                     if he <= hs or we <= ws:
                         vals.append(x.new_zeros(()))
                     else:
@@ -281,14 +282,19 @@ def test_ps_roi_pool_matches_reference(device, scale, size):
 
 
 def test_ps_roi_pool_last_row_and_column(device):
-    # A box ending on the map's border averages the last row and column too
-    # (torchvision's forward clips the bin end to H - 1 / W - 1 and leaves them
-    # out, while its backward spreads the gradient over them; see the notes).
-    x = torch.arange(16, dtype=torch.float64, device=device).reshape(1, 1, 4, 4)
-    out = P.ps_roi_pool(x, torch.tensor([[0, 0, 0, 4, 4.0]], dtype=torch.float64, device=device), 1)
-    assert out.item() == x.mean().item()
+    # As torchvision's forward: bins are clipped to [0, H - 1] x [0, W - 1], so a box over the
+    # whole map averages all but the last row and column, and a 1x1 map pools to 0. The
+    # gradient goes exactly to the cells the forward read.
+    x = torch.arange(16, dtype=torch.float64, device=device).reshape(1, 1, 4, 4).requires_grad_()
+    box = torch.tensor([[0, 0, 0, 4, 4.0]], dtype=torch.float64, device=device)
+    out = P.ps_roi_pool(x, box, 1)
+    assert out.item() == x.detach()[0, 0, :3, :3].mean().item()
+    out.sum().backward()
+    expected_grad = torch.zeros(4, 4, dtype=torch.float64)
+    expected_grad[:3, :3] = 1 / 9
+    torch.testing.assert_close(x.grad[0, 0].cpu(), expected_grad)
     one = torch.full((1, 1, 1, 1), 5.0, dtype=torch.float64, device=device)
-    assert P.ps_roi_pool(one, torch.tensor([[0, 0, 0, 1, 1.0]], dtype=torch.float64, device=device), 1).item() == 5.0
+    assert P.ps_roi_pool(one, torch.tensor([[0, 0, 0, 1, 1.0]], dtype=torch.float64, device=device), 1).item() == 0.0
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

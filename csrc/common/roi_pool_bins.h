@@ -75,4 +75,11 @@ PYDETOPS_HOST_DEVICE inline BinRange pool_bin_range(int64_t roi_start, int64_t r
   return BinRange{s, e};
 }
 
+// PS-RoIPool clips its bins to [0, H - 1] x [0, W - 1], as torchvision's ps_roi_pool
+// forward does on CPU and CUDA: a bin never takes the map's last row or column (so a
+// 1x1 map pools to 0). Kept for drop-in equality of the outputs. The backward uses the
+// same bins, so its gradient is the exact one of this forward (torchvision's backward
+// clips to H / W instead and spreads gradient onto cells its forward never read).
+PYDETOPS_HOST_DEVICE inline int64_t ps_roi_pool_limit(int64_t extent) { return extent - 1; }
+
 }  // namespace pydetops

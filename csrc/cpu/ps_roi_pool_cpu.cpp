@@ -33,8 +33,8 @@ Rect bin_rect(const acc_t* r, acc_t scale, int64_t i, int64_t j, int64_t ph, int
               int64_t width) {
   const RoundedRoi rr = rounded_roi(r[1], r[2], r[3], r[4], scale, /*end_offset=*/0);
   if (!rr.valid) return Rect{BinRange{0, 0}, BinRange{0, 0}};
-  return Rect{pool_bin_range<acc_t>(rr.y0, rr.height, ph, i, height),
-              pool_bin_range<acc_t>(rr.x0, rr.width, pw, j, width)};
+  return Rect{pool_bin_range<acc_t>(rr.y0, rr.height, ph, i, ps_roi_pool_limit(height)),
+              pool_bin_range<acc_t>(rr.x0, rr.width, pw, j, ps_roi_pool_limit(width))};
 }
 
 // The cell rectangles of one bin for every RoI of one image, in RoI order.

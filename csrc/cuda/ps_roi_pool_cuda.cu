@@ -52,7 +52,8 @@ __device__ inline Rect bin_rect(const T* r, T scale, int64_t i, int64_t j, int64
                                 int64_t W) {
   const RoundedRoi rr = rounded_roi(r[1], r[2], r[3], r[4], scale, /*end_offset=*/0);
   if (!rr.valid) return Rect{BinRange{0, 0}, BinRange{0, 0}};
-  return Rect{pool_bin_range<T>(rr.y0, rr.height, PH, i, H), pool_bin_range<T>(rr.x0, rr.width, PW, j, W)};
+  return Rect{pool_bin_range<T>(rr.y0, rr.height, PH, i, ps_roi_pool_limit(H)),
+              pool_bin_range<T>(rr.x0, rr.width, PW, j, ps_roi_pool_limit(W))};
 }
 
 template <typename scalar_t, typename acc_t>

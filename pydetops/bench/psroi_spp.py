@@ -74,10 +74,10 @@ def torch_ps_roi_pool(x: torch.Tensor, rois: torch.Tensor, oh: int, ow: int, sca
     rh = (r[:, 3] - r[:, 1]).clamp(min=1).to(x.dtype)
     pi = torch.arange(oh, device=dev, dtype=x.dtype)
     pj = torch.arange(ow, device=dev, dtype=x.dtype)
-    hs = (torch.floor(pi[None] * (rh[:, None] / oh)).long() + r[:, 1:2]).clamp(0, h)
-    he = (torch.ceil((pi[None] + 1) * (rh[:, None] / oh)).long() + r[:, 1:2]).clamp(0, h)
-    ws = (torch.floor(pj[None] * (rw[:, None] / ow)).long() + r[:, 0:1]).clamp(0, w)
-    we = (torch.ceil((pj[None] + 1) * (rw[:, None] / ow)).long() + r[:, 0:1]).clamp(0, w)
+    hs = (torch.floor(pi[None] * (rh[:, None] / oh)).long() + r[:, 1:2]).clamp(0, h - 1)
+    he = (torch.ceil((pi[None] + 1) * (rh[:, None] / oh)).long() + r[:, 1:2]).clamp(0, h - 1)
+    ws = (torch.floor(pj[None] * (rw[:, None] / ow)).long() + r[:, 0:1]).clamp(0, w - 1)
+    we = (torch.ceil((pj[None] + 1) * (rw[:, None] / ow)).long() + r[:, 0:1]).clamp(0, w - 1)
     cin = ((torch.arange(cout, device=dev)[:, None, None] * oh + torch.arange(oh, device=dev)[None, :, None]) * ow
            + torch.arange(ow, device=dev)[None, None, :])
     bi = rois[:, 0].long()[:, None, None, None]

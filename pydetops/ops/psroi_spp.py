@@ -81,7 +81,9 @@ def ps_roi_pool(
     Returns:
         Tensor[K, C / (ph * pw), ph, pw]: the mean of input channel (c * ph + i) * pw + j over
         bin (i, j) of the rounded box (size end - start, at least 1; bins floor/ceil,
-        clipped to the map; an empty bin gives 0).
+        clipped to rows [0, H - 1] and columns [0, W - 1] exactly as torchvision clips them,
+        so the map's last row and column never enter a bin; an empty bin gives 0). The
+        gradient is the exact one of this output (torchvision's backward clips to H / W).
     """
     rois = roi_boxes_as_tensor(boxes)
     oh, ow = _pooled_size(output_size)
