@@ -54,13 +54,12 @@ PYDETOPS_HOST_DEVICE inline T threshold_for(double threshold) {
 // A NaN IoU gives 1 (no decay).
 template <typename T>
 PYDETOPS_HOST_DEVICE inline T soft_nms_weight(SoftNmsMethod method, T iou, T iou_threshold, T sigma) {
-#if !defined(__CUDACC__) && !defined(__HIPCC__)
-  using std::exp;  // the float overload for float
-#endif
   if (!(iou > T(0))) return T(1);
   switch (method) {
     case SoftNmsMethod::Linear: return iou > iou_threshold ? T(1) - iou : T(1);
-    case SoftNmsMethod::Gaussian: return exp(-(iou * iou) / sigma);
+    // exp in double, then rounded to T: the same (correctly rounded) value from
+    // glibc and from CUDA's exp, where float expf may differ by an ulp or two.
+    case SoftNmsMethod::Gaussian: return static_cast<T>(::exp(static_cast<double>(-(iou * iou) / sigma)));
     case SoftNmsMethod::Hard: return iou > iou_threshold ? T(0) : T(1);
   }
   return T(1);

@@ -32,6 +32,17 @@ struct RoIAlignBox {
 // integer conversion defined.
 constexpr double kMaxAdaptiveGrid = 1073741824.0;  // 2^30
 
+// coordinate * spatial_scale, rounded on its own: nvcc would otherwise fuse the
+// "- offset" that follows into an FMA, which the CPU build (-ffp-contract=off)
+// does not do, and CPU and CUDA corners could differ by one rounding.
+PYDETOPS_HOST_DEVICE inline double scaled_coord(double v, double spatial_scale) {
+#ifdef __CUDA_ARCH__
+  return __dmul_rn(v, spatial_scale);
+#else
+  return v * spatial_scale;
+#endif
+}
+
 // x1, y1, x2, y2 in input coordinates. The corner is computed in double and
 // rounded to T, as torchvision's CPU kernel does (T * double spatial_scale).
 template <typename T>
@@ -40,10 +51,10 @@ PYDETOPS_HOST_DEVICE inline RoIAlignBox<T> roi_align_box(T x1, T y1, T x2, T y2,
                                                          int64_t sampling_ratio, bool aligned) {
   RoIAlignBox<T> b;
   const double offset = aligned ? 0.5 : 0.0;
-  b.start_w = static_cast<T>(static_cast<double>(x1) * spatial_scale - offset);
-  b.start_h = static_cast<T>(static_cast<double>(y1) * spatial_scale - offset);
-  const T end_w = static_cast<T>(static_cast<double>(x2) * spatial_scale - offset);
-  const T end_h = static_cast<T>(static_cast<double>(y2) * spatial_scale - offset);
+  b.start_w = static_cast<T>(scaled_coord(static_cast<double>(x1), spatial_scale) - offset);
+  b.start_h = static_cast<T>(scaled_coord(static_cast<double>(y1), spatial_scale) - offset);
+  const T end_w = static_cast<T>(scaled_coord(static_cast<double>(x2), spatial_scale) - offset);
+  const T end_h = static_cast<T>(scaled_coord(static_cast<double>(y2), spatial_scale) - offset);
   T roi_w = end_w - b.start_w;
   T roi_h = end_h - b.start_h;
   if (!aligned) {  // force malformed boxes to 1x1

@@ -355,9 +355,12 @@ __device__ __forceinline__ Candidate<S> block_best(Candidate<S> c, Candidate<S>*
 }
 
 // cur: the scores (S, modified in place); out_idx / out_score / out_count: the
-// selected boxes in selection order. One block.
+// selected boxes in selection order. One block. __launch_bounds__: the launch
+// needs <= 64 registers per thread (1024 threads x 64 = 65536, the per-block
+// maximum); the <double, double, double> instance sits exactly at 64 on sm_90
+// without it, so any other compiler/arch could fail the launch.
 template <typename T, typename S, typename W>
-__global__ void soft_nms_kernel(const T* __restrict__ boxes, S* __restrict__ cur, uint8_t* __restrict__ alive,
+__global__ void __launch_bounds__(kSoftThreads) soft_nms_kernel(const T* __restrict__ boxes, S* __restrict__ cur, uint8_t* __restrict__ alive,
                                 int64_t n, W thr, W sigma, double score_threshold, SoftNmsMethod method,
                                 int64_t* __restrict__ out_idx, S* __restrict__ out_score,
                                 int64_t* __restrict__ out_count) {

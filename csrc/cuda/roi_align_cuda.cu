@@ -38,6 +38,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cfloat>
 #include <cmath>
 
 #include "common/checks.h"
@@ -56,16 +57,45 @@ inline unsigned int blocks_for(int64_t n, int threads) {
   return static_cast<unsigned int>(std::min<int64_t>(std::max<int64_t>(1, (n + threads - 1) / threads), 1 << 30));
 }
 
+// Products rounded on their own, so that the bin starts (start + p * bin) are
+// those of the CPU kernel (built with -ffp-contract=off), not an FMA.
+__device__ __forceinline__ float mul_rn(float a, float b) { return __fmul_rn(a, b); }
+__device__ __forceinline__ double mul_rn(double a, double b) { return __dmul_rn(a, b); }
+
+template <typename T>
+__device__ __forceinline__ T bin_start_of(T start, int64_t p, T bin) {
+  return start + mul_rn(static_cast<T>(p), bin);
+}
+
 template <typename T>
 struct RoIGeom {
   RoIAlignBox<T> box;
   int64_t batch;         // image, or -1: the RoI is invalid
   int64_t y0, y1, x0, x1;  // rows [y0, y1] and columns [x0, x1] it may touch (empty when y0 > y1)
+  // Pixels by which a sample computed in T may stray from its exact position
+  // (bin_weight_on's window); -1: too many to matter, use no window.
+  int64_t margin_h, margin_w;
 };
 
+// Bound (in pixels) of the rounding error of a sample computed in T
+// (roi_align_sample on bin_start_of) with respect to its exact position, for
+// an axis starting at `start` with `pooled` bins of `bin` over a map of `size`:
+// a few ulps of the largest magnitude involved. Negligible for ordinary boxes,
+// but several pixels for float boxes with coordinates of ~1e7.
+template <typename T>
+__device__ inline double sample_slack(T start, T bin, int64_t pooled, int64_t size) {
+  const double eps = sizeof(T) == sizeof(double) ? DBL_EPSILON : FLT_EPSILON;
+  return 16.0 * eps *
+         (fabs(static_cast<double>(start)) + fabs(static_cast<double>(pooled) * static_cast<double>(bin)) +
+          static_cast<double>(size) + 1.0);
+}
+
 // Inclusive range of map indices that samples spread over [lo, hi] can touch
-// (with a margin of one pixel for rounding), clamped to [0, size - 1].
-__device__ inline void touched_range(double lo, double hi, int64_t size, int64_t* first, int64_t* last) {
+// (with a margin of one pixel plus `slack` for rounding), clamped to [0, size - 1].
+__device__ inline void touched_range(double lo, double hi, double slack, int64_t size, int64_t* first,
+                                     int64_t* last) {
+  lo -= slack;
+  hi += slack;
   if (!(hi >= -1.0) || !(lo <= static_cast<double>(size)) || size <= 0) {
     *first = 1;
     *last = 0;
@@ -91,12 +121,17 @@ __global__ void roi_geometry_kernel(const T* __restrict__ rois, int64_t K, int64
     g.batch = g.box.valid ? static_cast<int64_t>(b) : -1;
     g.y0 = g.x0 = 1;
     g.y1 = g.x1 = 0;
+    g.margin_h = g.margin_w = 0;
     if (g.box.valid && g.box.grid_h > 0 && g.box.grid_w > 0) {
       const double sh = static_cast<double>(g.box.start_h), sw = static_cast<double>(g.box.start_w);
       const double eh = sh + static_cast<double>(pooled_h) * static_cast<double>(g.box.bin_h);
       const double ew = sw + static_cast<double>(pooled_w) * static_cast<double>(g.box.bin_w);
-      touched_range(fmin(sh, eh), fmax(sh, eh), H, &g.y0, &g.y1);
-      touched_range(fmin(sw, ew), fmax(sw, ew), W, &g.x0, &g.x1);
+      const double slack_h = sample_slack(g.box.start_h, g.box.bin_h, pooled_h, H);
+      const double slack_w = sample_slack(g.box.start_w, g.box.bin_w, pooled_w, W);
+      touched_range(fmin(sh, eh), fmax(sh, eh), slack_h, H, &g.y0, &g.y1);
+      touched_range(fmin(sw, ew), fmax(sw, ew), slack_w, W, &g.x0, &g.x1);
+      g.margin_h = slack_h <= 4.0 * static_cast<double>(H) + 4.0 ? static_cast<int64_t>(ceil(slack_h)) : -1;
+      g.margin_w = slack_w <= 4.0 * static_cast<double>(W) + 4.0 ? static_cast<int64_t>(ceil(slack_w)) : -1;
     }
     geom[k] = g;
     batch_key[k] = g.batch < 0 ? N : g.batch;  // invalid RoIs sort after every image
@@ -127,8 +162,8 @@ __global__ void roi_align_forward_kernel(const scalar_t* __restrict__ input, int
     acc_t acc = 0;
     if (b.valid) {
       const scalar_t* plane = input + geom[k].batch * sN + c * sC;
-      const acc_t ys = b.start_h + static_cast<acc_t>(ph) * b.bin_h;
-      const acc_t xs = b.start_w + static_cast<acc_t>(pw) * b.bin_w;
+      const acc_t ys = bin_start_of(b.start_h, ph, b.bin_h);
+      const acc_t xs = bin_start_of(b.start_w, pw, b.bin_w);
       int64_t iy0, iy1, ix0, ix1;
       roi_align_sample_range(ys, b.bin_h, b.grid_h, H, &iy0, &iy1);
       roi_align_sample_range(xs, b.bin_w, b.grid_w, W, &ix0, &ix1);
@@ -173,8 +208,8 @@ __global__ void roi_align_backward_atomic_kernel(const acc_t* __restrict__ grad,
     const acc_t gv = grad[idx] / b.count;
     if (gv == acc_t(0)) continue;
     acc_t* plane = gi + (geom[k].batch * C + c) * H * W;
-    const acc_t ys = b.start_h + static_cast<acc_t>(ph) * b.bin_h;
-    const acc_t xs = b.start_w + static_cast<acc_t>(pw) * b.bin_w;
+    const acc_t ys = bin_start_of(b.start_h, ph, b.bin_h);
+    const acc_t xs = bin_start_of(b.start_w, pw, b.bin_w);
     int64_t iy0, iy1, ix0, ix1;
     roi_align_sample_range(ys, b.bin_h, b.grid_h, H, &iy0, &iy1);
     roi_align_sample_range(xs, b.bin_w, b.grid_w, W, &ix0, &ix1);
@@ -195,12 +230,21 @@ __global__ void roi_align_backward_atomic_kernel(const acc_t* __restrict__ grad,
 
 // Sum of the bilinear weights that the samples of one bin put on pixel `p` of
 // an axis of `size` pixels (bin_start, bin, grid as in roi_align_sample).
+// `margin`: RoIGeom's margin_h / margin_w.
 template <typename T>
-__device__ inline T bin_weight_on(T bin_start, T bin, int64_t grid, int64_t size, int64_t p) {
-  // Only samples within [p - 2, p + 2] can touch p: a window of 5 "pixels"
-  // starting at p - 2 (a superset; each sample is still tested).
+__device__ inline T bin_weight_on(T bin_start, T bin, int64_t grid, int64_t size, int64_t p, int64_t margin) {
+  // The samples the CPU kernel visits (roi_align_sample_range over the whole
+  // axis), restricted (margin >= 0) to those whose exact position is within
+  // [p - 2 - margin, p + 2 + margin]: only those can land on p once rounded
+  // (a superset; each sample is still tested).
   int64_t i0, i1;
-  roi_align_sample_range(bin_start - static_cast<T>(p - 1), bin, grid, int64_t(3), &i0, &i1);
+  roi_align_sample_range(bin_start, bin, grid, size, &i0, &i1);
+  if (margin >= 0) {
+    int64_t j0, j1;
+    roi_align_sample_range(bin_start - static_cast<T>(p - 1 - margin), bin, grid, 3 + 2 * margin, &j0, &j1);
+    i0 = i0 > j0 ? i0 : j0;
+    i1 = i1 < j1 ? i1 : j1;
+  }
   T w = T(0);
   for (int64_t i = i0; i < i1; ++i) {
     const BilinearAxis<T> a = bilinear_axis(roi_align_sample(bin_start, bin, i, grid), size);
@@ -220,7 +264,7 @@ __global__ void roi_align_backward_gather_kernel(const acc_t* __restrict__ grad,
                                                  const int64_t* __restrict__ roi_order,
                                                  const int64_t* __restrict__ offsets, int64_t C, int64_t H, int64_t W,
                                                  int64_t PH, int64_t PW, scalar_t* __restrict__ gi) {
-  extern __shared__ unsigned char smem_raw[];
+  extern __shared__ __align__(16) unsigned char smem_raw[];
   acc_t* acc = reinterpret_cast<acc_t*>(smem_raw);    // [kGatherChannels][kGatherLanes]
   acc_t* wx = acc + kGatherChannels * kGatherLanes;   // [PW][kGatherLanes]
   acc_t* wy = wx + PW * kGatherLanes;                 // [PH]
@@ -251,10 +295,11 @@ __global__ void roi_align_backward_gather_kernel(const acc_t* __restrict__ grad,
     const RoIAlignBox<acc_t>& b = g.box;
     __syncthreads();  // the previous RoI is done with wx / wy
     for (int64_t ph = tid; ph < PH; ph += nthreads)
-      wy[ph] = bin_weight_on(b.start_h + static_cast<acc_t>(ph) * b.bin_h, b.bin_h, b.grid_h, H, h);
+      wy[ph] = bin_weight_on(bin_start_of(b.start_h, ph, b.bin_h), b.bin_h, b.grid_h, H, h, g.margin_h);
     for (int64_t pw = ty; pw < PW; pw += kGatherRows)
       wx[pw * kGatherLanes + lane] =
-          w < W ? bin_weight_on(b.start_w + static_cast<acc_t>(pw) * b.bin_w, b.bin_w, b.grid_w, W, w) : acc_t(0);
+          w < W ? bin_weight_on(bin_start_of(b.start_w, pw, b.bin_w), b.bin_w, b.grid_w, W, w, g.margin_w)
+                : acc_t(0);
     __syncthreads();
     if (tid == 0) {  // the bins with a non-zero column weight anywhere in the segment
       int64_t lo = PW, hi = -1;
@@ -391,9 +436,21 @@ at::Tensor roi_align_backward_cuda(const at::Tensor& grad, const at::Tensor& box
     const int64_t blocks_y = (C + kGatherChannels - 1) / kGatherChannels;
     TORCH_CHECK(blocks_x < (int64_t(1) << 31) && blocks_y <= 65535,
                 "roi_align backward: input too large for the deterministic CUDA kernel");
-    const size_t smem = sizeof(acc_t) * (kGatherChannels * kGatherLanes + PW * kGatherLanes + PH);
-    TORCH_CHECK_VALUE(smem <= 48 * 1024, "roi_align backward (deterministic): output_size ", PH, "x", PW,
+    // Dynamic shared memory; past the default 48 KiB (output_size wider than
+    // ~300 in float, ~120 in double) opt in to the device's larger limit.
+    const size_t smem = sizeof(acc_t) * (static_cast<size_t>(kGatherChannels) * kGatherLanes +
+                                         static_cast<size_t>(PW) * kGatherLanes + static_cast<size_t>(PH));
+    const size_t smem_static = 2 * sizeof(int64_t);  // pw_range
+    int optin = 0;
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, grad.device().index()));
+    const size_t smem_optin = static_cast<size_t>(optin);
+    TORCH_CHECK_VALUE(smem + smem_static <= std::max<size_t>(smem_optin, 48 * 1024),
+                      "roi_align backward (deterministic): output_size ", PH, "x", PW,
                       " is too large for the deterministic CUDA kernel");
+    if (smem + smem_static > 48 * 1024) {
+      C10_CUDA_CHECK(cudaFuncSetAttribute(roi_align_backward_gather_kernel<scalar_t, acc_t>,
+                                          cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+    }
     const dim3 block(kGatherLanes, kGatherRows);
     const dim3 grid_dim(static_cast<unsigned int>(blocks_x), static_cast<unsigned int>(blocks_y));
     roi_align_backward_gather_kernel<scalar_t, acc_t><<<grid_dim, block, smem, stream>>>(
