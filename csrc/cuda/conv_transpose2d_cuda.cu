@@ -143,16 +143,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_transpose2d_backward_cuda(
     const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef stride,
     at::IntArrayRef padding, at::IntArrayRef output_padding, int64_t groups, at::IntArrayRef dilation,
     std::array<bool, 3> output_mask) {
-  const ConvTranspose2dShape s =
-      check_conv_transpose2d_args(input, weight, c10::nullopt, stride, padding, output_padding, groups, dilation);
-  const std::vector<int64_t> out_shape =
-      s.unbatched ? std::vector<int64_t>{s.c_out, s.h_out, s.w_out}
-                  : std::vector<int64_t>{s.batch, s.c_out, s.h_out, s.w_out};
-  TORCH_CHECK_VALUE(grad_output.sizes() == at::IntArrayRef(out_shape),
-                    "grad_output must have the shape of conv_transpose2d's output ", at::IntArrayRef(out_shape),
-                    ", got ", grad_output.sizes());
-  TORCH_CHECK_TYPE(grad_output.scalar_type() == input.scalar_type(), "grad_output must have the dtype of input (",
-                   input.scalar_type(), "), got ", grad_output.scalar_type());
+  const ConvTranspose2dShape s = check_conv_transpose2d_backward_args(grad_output, input, weight, stride, padding,
+                                                                     output_padding, groups, dilation);
   check_same_device(grad_output, "grad_output", input, "input");
   const c10::cuda::CUDAGuard guard(input.device());
   const auto acc_type = accumulate_type_of(input.scalar_type());

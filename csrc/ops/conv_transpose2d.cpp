@@ -5,6 +5,8 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
+#include <vector>
+
 #include "common/checks.h"
 
 namespace pydetops {
@@ -86,6 +88,23 @@ ConvTranspose2dShape check_conv_transpose2d_args(const at::Tensor& input, const 
                     "). Calculated output size per channel: (", sh.h_out, " x ", sh.w_out,
                     "). Output size is too small (reduce padding=", padding, ")");
   return sh;
+}
+
+ConvTranspose2dShape check_conv_transpose2d_backward_args(const at::Tensor& grad_output, const at::Tensor& input,
+                                                          const at::Tensor& weight, at::IntArrayRef stride,
+                                                          at::IntArrayRef padding, at::IntArrayRef output_padding,
+                                                          int64_t groups, at::IntArrayRef dilation) {
+  const ConvTranspose2dShape s =
+      check_conv_transpose2d_args(input, weight, c10::nullopt, stride, padding, output_padding, groups, dilation);
+  const std::vector<int64_t> out_shape =
+      s.unbatched ? std::vector<int64_t>{s.c_out, s.h_out, s.w_out}
+                  : std::vector<int64_t>{s.batch, s.c_out, s.h_out, s.w_out};
+  TORCH_CHECK_VALUE(grad_output.sizes() == at::IntArrayRef(out_shape),
+                    "grad_output must have the shape of conv_transpose2d's output ", at::IntArrayRef(out_shape),
+                    ", got ", grad_output.sizes());
+  TORCH_CHECK_TYPE(grad_output.scalar_type() == input.scalar_type(), "grad_output must have the dtype of input (",
+                   input.scalar_type(), "), got ", grad_output.scalar_type());
+  return s;
 }
 
 at::Tensor conv_transpose2d(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,

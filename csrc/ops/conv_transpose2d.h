@@ -33,4 +33,10 @@ ConvTranspose2dShape check_conv_transpose2d_args(const at::Tensor& input, const 
                                                  at::IntArrayRef padding, at::IntArrayRef output_padding,
                                                  int64_t groups, at::IntArrayRef dilation);
 
+// The same for the backward, plus grad_output's shape and dtype (those of the forward's output).
+ConvTranspose2dShape check_conv_transpose2d_backward_args(const at::Tensor& grad_output, const at::Tensor& input,
+                                                          const at::Tensor& weight, at::IntArrayRef stride,
+                                                          at::IntArrayRef padding, at::IntArrayRef output_padding,
+                                                          int64_t groups, at::IntArrayRef dilation);
+
 }  // namespace pydetops
