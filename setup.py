@@ -127,7 +127,8 @@ class CMakeBuild(build_ext):
             shutil.copy2(built, target)
 
 
-if any(arg.startswith("bdist_wheel") or arg == "editable_wheel" for arg in sys.argv[1:]):
+# pip runs "dist_info" (metadata) and then "bdist_wheel" / "editable_wheel": all need bdist_wheel.
+if any(arg in ("bdist_wheel", "dist_info", "editable_wheel") for arg in sys.argv[1:]):
     _missing = [m for m in _missing_build_requirements() if m == "wheel"]
     if _missing:
         sys.exit("pydetops' build needs the 'wheel' package (or setuptools >= 70.1), not installed for "

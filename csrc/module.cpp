@@ -14,6 +14,7 @@ PYBIND11_MODULE(_C, m) {
     info["torch_version"] = PYDETOPS_TORCH_VERSION;
     info["cuda"] = static_cast<bool>(PYDETOPS_WITH_CUDA);
     info["cuda_archs"] = PYDETOPS_CUDA_ARCHS;
+    info["cxx_standard"] = static_cast<int>(__cplusplus / 100 % 100);  // 201703L -> 17, 202002L -> 20
 #ifdef _OPENMP
     info["openmp"] = true;
 #else

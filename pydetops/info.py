@@ -8,7 +8,8 @@ def format_info() -> str:
     info = pydetops.build_info()
     lines = [
         f"pydetops {info['version']}",
-        f"  built against torch {info['torch_version']} (running torch {torch.__version__})",
+        f"  built against torch {info['torch_version']} (running torch {torch.__version__}), "
+        f"C++{info.get('cxx_standard', '?')}",
         f"  CUDA kernels: {'on, archs ' + info['cuda_archs'] if info['cuda'] else 'off'}",
         f"  CUDA device available now: {torch.cuda.is_available()}",
         f"  CPU parallel backend: {'OpenMP' if info['openmp'] else 'serial'}, {info['num_threads']} threads",
