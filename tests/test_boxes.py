@@ -44,6 +44,13 @@ pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
 # The reference
 # ----------------------------------------------------------------------------
 
+def _clamp_at_zero(t):
+    """max(t, 0) whose gradient at t == 0 is 1 (touching boxes pass the gradient on), as
+    the kernels define it. Not Tensor.clamp: torch 2.14 changed clamp's gradient at the
+    boundary to 0 (2.13 and earlier: 1), and the reference must not follow torch's version."""
+    return torch.where(t < 0, torch.zeros_like(t), t)  # NaN stays NaN, as clamp
+
+
 def _ref_pair(a, b, mode, aligned, eps):
     """One pair; a, b: float64 Tensor[4]. Differentiable (alpha of CIoU detached)."""
     ax1, ay1, ax2, ay2 = a.unbind()
@@ -58,7 +65,7 @@ def _ref_pair(a, b, mode, aligned, eps):
         else:
             inter = torch.zeros((), dtype=F64)
     else:
-        inter = iw.clamp(min=0) * ih.clamp(min=0)
+        inter = _clamp_at_zero(iw) * _clamp_at_zero(ih)
     if mode == "iof":
         return inter / (area_a + eps) if aligned else inter / area_a
     union = area_a + area_b - inter
@@ -68,8 +75,8 @@ def _ref_pair(a, b, mode, aligned, eps):
     cw = torch.maximum(ax2, bx2) - torch.minimum(ax1, bx1)
     ch = torch.maximum(ay2, by2) - torch.minimum(ay1, by1)
     if not aligned:
-        cw = cw.clamp(min=0)
-        ch = ch.clamp(min=0)
+        cw = _clamp_at_zero(cw)
+        ch = _clamp_at_zero(ch)
     if mode == "giou":
         c = cw * ch
         return iou - (c - union) / (c + eps)

@@ -3,6 +3,12 @@
 Boxes are ``Tensor[N, 4]`` in ``(x1, y1, x2, y2)`` format unless stated. The IoU
 matrices are computed by one fused N x M kernel (``torch.ops.pydetops.box_overlaps``)
 and are differentiable; float16/bfloat16/integer boxes are computed in float32.
+
+Gradients at the kinks are fixed, whatever the torch version: boxes that exactly touch
+(overlap width or height 0) pass the gradient on (d max(w, 0)/dw = 1 at w = 0, the
+convention of torch <= 2.13's ``clamp``; torch 2.14's ``clamp`` gives 0 there, so
+torchvision's gradient for touching boxes depends on the torch it runs on), and ties in
+min/max (equal edges) split it in half.
 """
 from typing import Tuple
 
