@@ -57,12 +57,39 @@ def test_rows_flag_either_side_and_show_min_median_max():
 
     table = _core.format_table([steady, snapped_base, no_base])
     lines = table.splitlines()
-    assert "pydetops ms min / med / max" in lines[0] and "spread" in lines[0]
+    assert "pydetops ms min / med / max" in lines[0] and "trust" in lines[0]
     assert "1.00 / 1.10 / 1.20" in lines[2] and "4.00 / 4.20 / 4.40" in lines[2] and " ok " in lines[2]
     assert "WIDE" in lines[3]
-    assert _core.SPREAD_RULE in table and "1.5x" in _core.SPREAD_RULE
-    # Without a flagged row the rule is not printed.
+    assert _core.SPREAD_RULE in table and "1.5x" in _core.SPREAD_RULE and _core.RERUN_HINT in table
+    assert _core.WAIT_RULE not in table  # no CPU times given: no WAIT
+    # Without a flagged row no rule is printed.
     assert _core.SPREAD_RULE not in _core.format_table([steady])
+    assert _core.RERUN_HINT not in _core.format_table([steady])
+
+
+def test_wait_rule_on_synthetic_timings():
+    ms = 1e-3
+    # The median call (by wall time) decides: here the 2nd of [1, 8, 9] ms walls.
+    assert _core.cpu_share([1 * ms, 8 * ms, 9 * ms], [1 * ms, 4 * ms, 9 * ms]) == pytest.approx(0.5)
+    assert _core.cpu_share([], []) is None
+    assert not _core.waited(None) and not _core.waited(0.75) and _core.waited(0.74)
+    assert not _core.waited(1.9)  # two threads computing: more CPU than wall time
+    # Every call stalled alike (the spread rule cannot see it): 8 ms walls, 3.5 ms of CPU each.
+    stalled = _core.make_row(_case(), [0.02 * ms] * 3, [8 * ms, 8.1 * ms, 8.2 * ms],
+                             [0.02 * ms] * 3, [3.5 * ms] * 3)
+    assert stalled["waited"] and not stalled["wide"]
+    assert stalled["ours_cpu_share"] == pytest.approx(1.0) and stalled["baseline_cpu_share"] == pytest.approx(3.5 / 8.1)
+    healthy = _core.make_row(_case(), [1 * ms] * 3, [2 * ms] * 3, [1.02 * ms] * 3, [3.9 * ms] * 3)
+    assert not healthy["waited"]
+    # On CUDA the host waits for the GPU by design: never WAIT.
+    cuda_case = _core.Case("op", "cfg", lambda: None, lambda: None, "x", device="cuda")
+    assert not _core.make_row(cuda_case, [1 * ms] * 3, [2 * ms] * 3, [0.01 * ms] * 3, [0.01 * ms] * 3)["waited"]
+    both = _core.make_row(_case(), [0.02 * ms, 8 * ms, 8 * ms], [1 * ms] * 3, [0.02 * ms, 1 * ms, 1 * ms], [1 * ms] * 3)
+    assert both["wide"] and both["waited"]
+    table = _core.format_table([healthy, stalled, both])
+    lines = table.splitlines()
+    assert " ok " in lines[2] and " WAIT " in lines[3] and " WIDE+WAIT " in lines[4]
+    assert _core.WAIT_RULE in table and "75%" in _core.WAIT_RULE and _core.RERUN_HINT in table
 
 
 def test_notes_become_numbered_footnotes():
@@ -138,6 +165,8 @@ def test_command_header_threads_and_json(capsys, tmp_path):
     assert row["ours_min_ms"] <= row["ours_ms"] <= row["ours_max_ms"]
     assert row["baseline_min_ms"] <= row["baseline_ms"] <= row["baseline_max_ms"]
     assert row["baseline_is_torchvision"] == st.usable
+    assert row["ours_cpu_share"] > 0 and row["baseline_cpu_share"] > 0 and isinstance(row["waited"], bool)
+    assert any(ln.startswith("rows flagged: ") for ln in out)
 
     torch.set_num_threads(start_threads)
     assert main(ONE_CASE) == 0

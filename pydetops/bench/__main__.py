@@ -3,7 +3,8 @@
 Times every pydetops op against torchvision.ops when it imports and works here,
 otherwise against a plain-torch equivalent (the header says which, and why), side by
 side in this one run; prints min / median / max per side, the speed-up of the medians,
-and flags rows whose spread is too wide to trust.
+and flags rows not to trust: WIDE (the spread of the calls is too wide) and WAIT (the
+calls mostly waited for a CPU).
 
 --quick: small inputs and 3 timed calls per side (about 2 minutes on 2 cores instead of
 many): a smoke run to see that everything works, not figures to quote.
@@ -22,8 +23,8 @@ import torch
 
 import pydetops
 import pydetops.bench as bench_pkg
-from pydetops.bench._core import (SPREAD_LIMIT, SPREAD_RULE, format_load, format_table, machine_load, run_cases,
-                                  torchvision_status)
+from pydetops.bench._core import (CPU_SHARE_LIMIT, RERUN_HINT, SPREAD_LIMIT, SPREAD_RULE, WAIT_RULE, format_load,
+                                  format_table, machine_load, run_cases, torchvision_status)
 
 
 def collect_cases(device: str, quick: bool, name_filter: str):
@@ -52,7 +53,8 @@ def main(argv=None) -> int:
     doc = __doc__.split("\n\n")
     parser = argparse.ArgumentParser(prog="python -m pydetops.bench", description=doc[1],
                                      epilog="The header shows the machine's load average and warns when it is high "
-                                            "for the thread count. A row's spread column reads " + SPREAD_RULE)
+                                            "for the thread count. The trust column flags rows: " + SPREAD_RULE + " " + WAIT_RULE
+                                            + " " + RERUN_HINT)
     parser.add_argument("--quick", action="store_true",
                         help="small inputs, 3 timed calls per side: a smoke run (minutes), not figures to quote")
     parser.add_argument("--threads", type=int, default=None, metavar="N",
@@ -87,15 +89,17 @@ def main(argv=None) -> int:
     rows = run_cases(cases, repeats, progress=lambda msg: print(msg, file=sys.stderr, flush=True))
     print(format_table(rows))
     load_after = machine_load(threads)
-    wide = sum(r["wide"] for r in rows)
-    print(f"{wide} of {len(rows)} rows WIDE; {format_load(load_after)} at the end (includes this run's threads)")
+    wide, wait = sum(r["wide"] for r in rows), sum(r["waited"] for r in rows)
+    print(f"rows flagged: {wide} WIDE, {wait} WAIT, of {len(rows)}; at the end {format_load(load_after)} "
+          "(includes this run's threads)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(pydetops=info, torch=torch.__version__, device=args.device, device_name=device_name,
                            threads=threads, quick=args.quick, repeats=repeats, load_before=load,
                            load_after=load_after,
                            torchvision=dict(found=tv.found, usable=tv.usable, version=tv.version, reason=tv.reason),
-                           spread_limit=SPREAD_LIMIT, spread_rule=SPREAD_RULE, rows=rows), f, indent=1)
+                           spread_limit=SPREAD_LIMIT, spread_rule=SPREAD_RULE, cpu_share_limit=CPU_SHARE_LIMIT,
+                           wait_rule=WAIT_RULE, rows=rows), f, indent=1)
         print(f"saved {args.json}")
     return 0
 

@@ -6,7 +6,7 @@ import importlib.util
 import os
 import statistics
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -125,7 +125,7 @@ def load_warning(load1: float, threads: int, cpus: int) -> Optional[str]:
     if load1 > cpus - threads + 0.5:
         return (f"WARNING: machine busy: load {load1:.2f} with {threads} thread{'s' if threads > 1 else ''} on "
                 f"{cpus} CPUs. Other processes hold CPUs this run needs, so calls may stall for scheduler ticks "
-                "(ms) and rows get flagged WIDE. Rerun on a quiet machine"
+                "(ms) and rows get flagged WIDE or WAIT. Rerun on a quiet machine"
                 f"{', or with fewer --threads' if threads > 1 else ''}.")
     return None
 
@@ -155,22 +155,30 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def time_calls(fn: Callable[[], Any], device: str = "cpu", repeats: int = 7, warmup: int = 1,
-               min_seconds: float = 0.0) -> List[float]:
-    """Wall time of each of ``repeats`` calls of ``fn`` in seconds (device synchronised around each)."""
+def _time_calls(fn: Callable[[], Any], device: str, repeats: int, warmup: int,
+                min_seconds: float) -> Tuple[List[float], List[float]]:
+    """(wall times, process CPU times) of each timed call, in seconds."""
     for _ in range(warmup):
         fn()
     _sync(device)
-    times: List[float] = []
+    walls: List[float] = []
+    cpus: List[float] = []
     start = time.perf_counter()
-    while len(times) < repeats or (time.perf_counter() - start) < min_seconds:
-        t0 = time.perf_counter()
+    while len(walls) < repeats or (time.perf_counter() - start) < min_seconds:
+        c0, t0 = time.process_time(), time.perf_counter()
         fn()
         _sync(device)
-        times.append(time.perf_counter() - t0)
-        if len(times) >= 1000:
+        walls.append(time.perf_counter() - t0)
+        cpus.append(time.process_time() - c0)
+        if len(walls) >= 1000:
             break
-    return times
+    return walls, cpus
+
+
+def time_calls(fn: Callable[[], Any], device: str = "cpu", repeats: int = 7, warmup: int = 1,
+               min_seconds: float = 0.0) -> List[float]:
+    """Wall time of each of ``repeats`` calls of ``fn`` in seconds (device synchronised around each)."""
+    return _time_calls(fn, device, repeats, warmup, min_seconds)[0]
 
 
 def median_time(fn: Callable[[], Any], device: str = "cpu", repeats: int = 7, warmup: int = 1,
@@ -179,37 +187,70 @@ def median_time(fn: Callable[[], Any], device: str = "cpu", repeats: int = 7, wa
     return statistics.median(time_calls(fn, device, repeats, warmup, min_seconds))
 
 
-# A row is flagged WIDE when, on either side, the median call took more than SPREAD_LIMIT times
-# the fastest call: then at least half of the calls ran that much slower than the op can run,
-# so the median (and the speed-up built on it) measures the machine, not the op.
+# Two flags for rows not to trust (a row can carry both):
+# WIDE: on either side, the median call took more than SPREAD_LIMIT times the fastest call: at least
+#   half of the calls ran that much slower than the op can run, so the median (and the speed-up
+#   built on it) measures the machine, not the op.
+# WAIT (CPU rows only): on either side, in the median call the process got CPU time for less than
+#   CPU_SHARE_LIMIT of the wall time. A CPU op computes all the time it runs (cpu/wall is about 1 on
+#   one thread, up to the thread count on several; measured 1.0-1.07 for healthy calls on a loaded
+#   2-core machine, 0.44-0.59 for calls stalled for ms), so this call partly waited: its threads
+#   were descheduled, or a thread spun at a barrier for a descheduled partner. Catches the rows
+#   where every call stalled alike, which the spread cannot see.
 SPREAD_LIMIT = 1.5
+CPU_SHARE_LIMIT = 0.75
 SPREAD_RULE = (f"WIDE: on one side (pydetops or baseline) the median call took more than {SPREAD_LIMIT:g}x "
-               "the fastest call, so that median measures the machine's noise (a busy CPU, threads waiting "
-               "for descheduled partners) more than the op; do not trust the row's speed-up. Rerun on a "
-               "quiet machine or with --threads 1.")
+               "the fastest call, so that median measures the machine's noise more than the op; do not trust "
+               "the row's speed-up.")
+WAIT_RULE = (f"WAIT: on one side the median call ran on a CPU less than {CPU_SHARE_LIMIT:.0%} of its wall time "
+             "(process CPU time / wall time): its threads waited for CPUs that other processes held, or for a "
+             "descheduled partner thread; do not trust the row's figures.")
+RERUN_HINT = "For flagged rows: rerun on a quiet machine, or with fewer --threads."
 
 
 def spread_too_wide(times_s: Sequence[float], limit: float = SPREAD_LIMIT) -> bool:
-    """The flag rule on one side's timings (seconds): median > limit x min."""
+    """The WIDE rule on one side's wall times (seconds): median > limit x min."""
     if not times_s:
         return False
     fastest = min(times_s)
     return statistics.median(times_s) > limit * fastest if fastest > 0 else False
 
 
-def make_row(case: Case, ours_s: Sequence[float], base_s: Sequence[float]) -> dict:
-    """One table row from the per-call timings (seconds) of each side."""
+def cpu_share(walls_s: Sequence[float], cpus_s: Sequence[float]) -> Optional[float]:
+    """Process CPU time / wall time of the median call (by wall time); None without calls."""
+    if not walls_s:
+        return None
+    order = sorted(range(len(walls_s)), key=lambda i: walls_s[i])
+    i = order[(len(order) - 1) // 2]
+    return cpus_s[i] / walls_s[i] if walls_s[i] > 0 else None
+
+
+def waited(share: Optional[float], limit: float = CPU_SHARE_LIMIT) -> bool:
+    """The WAIT rule on one side's CPU share."""
+    return share is not None and share < limit
+
+
+def make_row(case: Case, ours_s: Sequence[float], base_s: Sequence[float],
+             ours_cpu_s: Optional[Sequence[float]] = None, base_cpu_s: Optional[Sequence[float]] = None) -> dict:
+    """One table row from the per-call wall times (seconds) of each side and, for CPU rows, the
+    process CPU time of each call (None: not measured, no WAIT flag)."""
     ours = statistics.median(ours_s)
     base = statistics.median(base_s) if base_s else None
     speedup = (base / ours) if (base is not None and case.comparable and ours > 0) else None
     ms = (lambda v: None if v is None else v * 1e3)
+    on_cpu = not case.device.startswith("cuda")
+    ours_share = cpu_share(ours_s, ours_cpu_s) if (on_cpu and ours_cpu_s is not None) else None
+    base_share = cpu_share(base_s, base_cpu_s) if (on_cpu and base_cpu_s is not None) else None
     return dict(op=case.op, config=case.config, device=case.device,
                 ours_ms=ms(ours), ours_min_ms=ms(min(ours_s)), ours_max_ms=ms(max(ours_s)),
                 baseline_ms=ms(base), baseline_min_ms=ms(min(base_s)) if base_s else None,
                 baseline_max_ms=ms(max(base_s)) if base_s else None, baseline=case.baseline_name,
                 baseline_is_torchvision=case.baseline_name.startswith("torchvision"),
                 comparable=case.comparable, speedup=speedup,
-                wide=spread_too_wide(ours_s) or spread_too_wide(base_s), calls=len(ours_s), note=case.note)
+                ours_cpu_share=ours_share, baseline_cpu_share=base_share,
+                wide=spread_too_wide(ours_s) or spread_too_wide(base_s),
+                waited=waited(ours_share) or waited(base_share),
+                calls=len(ours_s), note=case.note)
 
 
 def run_cases(cases: List[Case], repeats: int, progress: Callable[[str], None]) -> List[dict]:
@@ -218,14 +259,20 @@ def run_cases(cases: List[Case], repeats: int, progress: Callable[[str], None]) 
     per_round = max(1, repeats // 3)
     for k, case in enumerate(cases, 1):
         progress(f"[{k}/{len(cases)}] {case.op} {case.config} ({case.device})")
-        ours_times: List[float] = []
-        base_times: List[float] = []
+        ours_w: List[float] = []
+        ours_c: List[float] = []
+        base_w: List[float] = []
+        base_c: List[float] = []
         # Three rounds, alternating the two sides, so that machine noise hits both alike.
         for _ in range(3):
-            ours_times += time_calls(case.ours, case.device, repeats=per_round)
+            w, c = _time_calls(case.ours, case.device, per_round, 1, 0.0)
+            ours_w += w
+            ours_c += c
             if case.baseline is not None:
-                base_times += time_calls(case.baseline, case.device, repeats=per_round)
-        rows.append(make_row(case, ours_times, base_times))
+                w, c = _time_calls(case.baseline, case.device, per_round, 1, 0.0)
+                base_w += w
+                base_c += c
+        rows.append(make_row(case, ours_w, base_w, ours_c, base_c))
     return rows
 
 
@@ -246,7 +293,7 @@ def _spread(r: dict, side: str) -> str:
 
 def format_table(rows: List[dict]) -> str:
     header = ["op", "config", "dev", "pydetops ms min / med / max", "baseline ms min / med / max", "speed-up",
-              "spread", "baseline"]
+              "trust", "baseline"]
     notes: List[str] = []  # footnotes, numbered in order of first use
     table = [header]
     for r in rows:
@@ -261,8 +308,9 @@ def format_table(rows: List[dict]) -> str:
             if r["note"] not in notes:
                 notes.append(r["note"])
             op += f" [{notes.index(r['note']) + 1}]"
+        flags = [f for f, on in (("WIDE", r.get("wide")), ("WAIT", r.get("waited"))) if on]
         table.append([op, r["config"], r["device"], _spread(r, "ours"), _spread(r, "baseline"), sp,
-                      "WIDE" if r.get("wide") else "ok", r["baseline"]])
+                      "+".join(flags) or "ok", r["baseline"]])
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in table]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -272,5 +320,9 @@ def format_table(rows: List[dict]) -> str:
                      "no speed-up claimed.")
     if any(r.get("wide") for r in rows):
         lines.append(SPREAD_RULE)
+    if any(r.get("waited") for r in rows):
+        lines.append(WAIT_RULE)
+    if any(r.get("wide") or r.get("waited") for r in rows):
+        lines.append(RERUN_HINT)
     lines += [f"[{k}] {n}" for k, n in enumerate(notes, 1)]
     return "\n".join(lines)
