@@ -1,4 +1,4 @@
-"""``python -m pydetops.bench [--quick] [--threads N] [--device cpu|cuda] [--filter SUBSTR] [--repeats N] [--json FILE]``
+"""``python -m pydetops.bench [--quick] [--threads N] [--device cpu|cuda] [--filter S] [--repeats N] [--json FILE]``
 
 Times every pydetops op against torchvision.ops when it imports and works here,
 otherwise against a plain-torch equivalent (the header says which, and why), side by
@@ -52,9 +52,9 @@ def _cpu_name() -> str:
 def main(argv=None) -> int:
     doc = __doc__.split("\n\n")
     parser = argparse.ArgumentParser(prog="python -m pydetops.bench", description=doc[1],
-                                     epilog="The header shows the machine's load average and warns when it is high "
-                                            "for the thread count. The trust column flags rows: " + SPREAD_RULE + " " + WAIT_RULE
-                                            + " " + RERUN_HINT)
+                                     epilog=("The header shows the machine's load average and warns when it is "
+                                             "high for the thread count. The trust column flags rows: "
+                                             + " ".join([SPREAD_RULE, WAIT_RULE, RERUN_HINT])))
     parser.add_argument("--quick", action="store_true",
                         help="small inputs, 3 timed calls per side: a smoke run (minutes), not figures to quote")
     parser.add_argument("--threads", type=int, default=None, metavar="N",

@@ -1,6 +1,5 @@
-"""The benchmark runner: cases, the baseline probe, timing, the spread rule, the table."""
+"""The benchmark runner: cases, the baseline probe, machine load, timing, the WIDE/WAIT rules, the table."""
 import dataclasses
-import importlib
 import importlib.metadata
 import importlib.util
 import os
