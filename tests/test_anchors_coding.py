@@ -687,6 +687,7 @@ def test_torch_compile(device):
     torch.testing.assert_close(g1, g2)
 
 
+@pytest.mark.torchscript
 def test_torchscript():
     grid = torch.jit.script(ops.grid_anchors)
     dec = torch.jit.script(ops.decode_boxes)
@@ -701,6 +702,7 @@ def test_torchscript():
     assert torch.equal(enc(gt, prop, w), ops.encode_boxes(gt, prop, w))
 
 
+@pytest.mark.torchscript
 def test_anchor_generator_torchscript_and_compile():
     gen = ops.AnchorGenerator(((32,), (64,)), ((0.5, 1.0, 2.0),) * 2)
     images = ops.ImageList(torch.zeros(1, 3, 64, 96), [(64, 96)])

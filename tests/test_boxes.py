@@ -36,9 +36,6 @@ MATRIX_EPS = {"iou": 0.0, "iof": 0.0, "giou": 0.0, "diou": 1e-7, "ciou": 1e-7}
 FLOAT_DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 INT_DTYPES = [torch.int64, torch.int32, torch.int16, torch.uint8]
 F64 = torch.float64
-# torch 2.13 deprecates TorchScript (still supported; tested here as required).
-pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
-
 
 # ----------------------------------------------------------------------------
 # The reference
@@ -631,6 +628,7 @@ def test_compile_inductor_dynamic():
         torch.testing.assert_close(fn(b1, b2), ops.box_iou(b1, b2) * 2)
 
 
+@pytest.mark.torchscript
 def test_torchscript():
     b1, b2 = rand_boxes(5), rand_boxes(4)
     for name in ["box_iou", "box_iof", "generalized_box_iou", "distance_box_iou", "complete_box_iou"]:

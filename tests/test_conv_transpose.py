@@ -247,6 +247,7 @@ def test_torch_compile_fullgraph(device, single_thread):
         torch.testing.assert_close(a, c)
 
 
+@pytest.mark.torchscript
 def test_torch_jit_script(device):
     scripted = torch.jit.script(conv_transpose2d)
     x = torch.randn(2, 4, 5, 5, device=device)

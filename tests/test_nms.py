@@ -665,6 +665,7 @@ def test_torch_compile_inductor(device):
     torch.testing.assert_close(f(boxes, scores), boxes[P.nms(boxes, scores, 0.5)].sum(1))
 
 
+@pytest.mark.torchscript
 def test_torch_jit_script(device):
     boxes, scores, idxs = _samples(device)
     s_nms = torch.jit.script(P.nms)

@@ -494,6 +494,7 @@ def test_compile_fullgraph(device):
     torch.testing.assert_close(gx, rx)
 
 
+@pytest.mark.torchscript
 def test_torchscript(device):
     x = torch.randn(2, 8, 9, 9, device=device)
     rois = random_rois(2, 18, 18, 5, dtype=torch.float32, device=device)

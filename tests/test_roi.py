@@ -438,6 +438,7 @@ def test_multiscale_roi_align_matches_reference(device, dtype):
     assert all(xg[k].grad is not None for k in names) and xg["skip"].grad is None
 
 
+@pytest.mark.torchscript
 def test_multiscale_scriptable():
     m = torch.jit.script(ops.MultiScaleRoIAlign(["a", "b"], 2, 2))
     x = {"a": torch.randn(1, 3, 16, 16), "b": torch.randn(1, 3, 8, 8)}
@@ -535,6 +536,7 @@ def test_opcheck(device):
         torch.library.opcheck(op, args)
 
 
+@pytest.mark.torchscript
 def test_compile_and_script(device):
     x = randn_map(2, 3, 8, 9, torch.float32).to(device)
     rois = random_rois(5, 2, 8, 9, 0.5, dtype=torch.float32).to(device)

@@ -193,6 +193,7 @@ def test_max_unpool_bad_input(device):
         max_unpool2d(x[..., :1, :], idx[..., :1, :], 1, 1, 1)  # (1-1)*1 + 1 - 2 = -1
 
 
+@pytest.mark.torchscript
 def test_max_unpool_opcheck_compile_script(device):
     x, idx = _pool((2, 3, 8, 6), 2, 2, 0, device, torch.float32)
     torch.library.opcheck(torch.ops.pydetops.max_unpool2d.default, (x, idx, [2, 2], [2, 2], [0, 0], None))
@@ -268,6 +269,7 @@ def test_scale_unpool_layouts_unbatched_empty(device):
             assert torch.equal(xr.grad.cpu(), go.cpu()[..., ::3, ::2])
 
 
+@pytest.mark.torchscript
 def test_scale_unpool_gradcheck_opcheck_compile_script(device):
     x = torch.randn(2, 3, 4, 5, dtype=torch.float64, device=device, requires_grad=True)
     for f in (nearest_unpool2d, bed_of_nails_unpool2d):
