@@ -141,7 +141,7 @@ setup(
     packages=find_packages(include=["pydetops", "pydetops.*"]),
     ext_modules=[CMakeExtension("pydetops._C")],
     cmdclass={"build_ext": CMakeBuild},
-    python_requires=">=3.9",
+    python_requires=">=3.10",
     install_requires=["numpy"],  # torch is deliberately not listed: we build against yours
     zip_safe=False,
 )
