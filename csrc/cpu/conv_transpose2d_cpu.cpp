@@ -42,6 +42,7 @@ int64_t grain_for(int64_t work_per_task) {
 constexpr int64_t kMinGemmColumns = 512;               // images per GEMM until it has this many pixel rows
 constexpr int64_t kBandColumns = int64_t(1) << 16;     // columns of one band of input rows (256 KiB f32: L2)
 constexpr int64_t kPerThreadColumns = int64_t(1) << 22; // largest per-thread columns buffer (16 MiB f32)
+constexpr int64_t kGemmDepthBlock = 256;                // reduction slice of the grad_weight GEMM (see the backward)
 
 // Images per GEMM (forward, and backward when chunks run in parallel). Enough images that the GEMM is not skinny (small planes,
 // e.g. DCGAN's 4x4), few enough that the columns stay within the budget. Shapes only.
@@ -450,11 +451,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_transpose2d_backward_cpu(
         }
         if (need_weight) {
           at::Tensor gw = gw_out.narrow(0, g * cin_g, cin_g);
-          const at::Tensor xg = x.narrow(0, g * cin_g, cin_g).narrow(1, n0 * hw, nb * hw);
-          if (accumulate) {
-            gw.addmm_(xg, cg);
-          } else {
-            at::mm_out(gw, xg, cg);
+          // The reduction runs over nb*H*W pixels: in fixed slices of kGemmDepthBlock, added in
+          // order, because BLAS (MKL) splits a deep reduction differently for each thread count.
+          const int64_t depth = nb * hw;
+          for (int64_t k0 = 0; k0 < depth; k0 += kGemmDepthBlock) {
+            const int64_t kb = std::min(kGemmDepthBlock, depth - k0);
+            const at::Tensor xs = x.narrow(0, g * cin_g, cin_g).narrow(1, n0 * hw + k0, kb);
+            const at::Tensor cs = cg.narrow(0, k0, kb);
+            if (accumulate || k0 > 0) {
+              gw.addmm_(xs, cs);
+            } else {
+              at::mm_out(gw, xs, cs);
+            }
           }
         }
       }
