@@ -1,7 +1,9 @@
 // CPU kernel of match_boxes. The anchors are split into fixed blocks of
 // kBlock anchors (independent of the thread count); for each anchor the ground
 // truths are streamed (their BoxTerms precomputed once), so memory is O(N + M *
-// blocks), never the M x N IoU matrix. Each block also records, per ground
+// blocks), never the M x N IoU matrix; within a block the loop over anchors
+// for one ground truth is branch-free (structure-of-arrays) and vectorises.
+// Each block also records, per ground
 // truth, its largest IoU; the per-ground-truth best IoU is the max over blocks
 // (max is exact and order-free, so the result is the same for any thread
 // count). For allow_low_quality_matches only the blocks whose maximum for a
@@ -63,28 +65,70 @@ std::tuple<at::Tensor, at::Tensor> match_boxes_cpu(const at::Tensor& anchors, co
     // block_best[b * m + j]: the largest IoU of ground truth j over block b's anchors.
     std::vector<T> block_best(allow_low_quality_matches ? static_cast<size_t>(nblocks * m) : 0);
     at::parallel_for(0, nblocks, 1, [&](int64_t b0, int64_t b1) {
+      // The block's anchors as structure-of-arrays, so that the loop over a
+      // block for one ground truth vectorises (compare/select, no branches).
+      std::vector<T> x1(kBlock), y1(kBlock), x2(kBlock), y2(kBlock), area(kBlock), best(kBlock), iou(kBlock);
+      std::vector<int32_t> best_j(kBlock);
       for (int64_t b = b0; b < b1; ++b) {
-        T* bb = allow_low_quality_matches ? block_best.data() + b * m : nullptr;
-        if (bb) {
-          for (int64_t j = 0; j < m; ++j) bb[j] = -std::numeric_limits<T>::infinity();
+        const int64_t start = b * kBlock, len = std::min(n, start + kBlock) - start;
+        for (int64_t i = 0; i < len; ++i) {
+          const BoxTerms<T> an = box_terms<OverlapMode::IoU, T>(ap[4 * (start + i)], ap[4 * (start + i) + 1],
+                                                                ap[4 * (start + i) + 2], ap[4 * (start + i) + 3]);
+          x1[i] = an.x1;
+          y1[i] = an.y1;
+          x2[i] = an.x2;
+          y2[i] = an.y2;
+          area[i] = an.area;
+          best[i] = -std::numeric_limits<T>::infinity();
+          best_j[i] = 0;
         }
-        const int64_t end = std::min(n, (b + 1) * kBlock);
-        for (int64_t i = b * kBlock; i < end; ++i) {
-          const BoxTerms<T> an = box_terms<OverlapMode::IoU, T>(ap[4 * i], ap[4 * i + 1], ap[4 * i + 2], ap[4 * i + 3]);
-          T best = matching::iou(gt[0], an);
-          int64_t best_j = 0;
-          if (bb) bb[0] = matching::max_nan_propagating(bb[0], best);
-          for (int64_t j = 1; j < m; ++j) {
-            const T v = matching::iou(gt[j], an);
-            if (matching::replaces_best(v, best)) {
-              best = v;
-              best_j = j;
-            }
-            if (bb) bb[j] = matching::max_nan_propagating(bb[j], v);
+        T* bb = allow_low_quality_matches ? block_best.data() + b * m : nullptr;
+        for (int64_t j = 0; j < m; ++j) {
+          const BoxTerms<T> gj = gt[j];
+          const int32_t jj = static_cast<int32_t>(j);
+          T* __restrict__ iou_p = iou.data();
+          T* __restrict__ best_p = best.data();
+          int32_t* __restrict__ idx_p = best_j.data();
+          const T* __restrict__ px1 = x1.data();
+          const T* __restrict__ py1 = y1.data();
+          const T* __restrict__ px2 = x2.data();
+          const T* __restrict__ py2 = y2.data();
+          const T* __restrict__ parea = area.data();
+          for (int64_t i = 0; i < len; ++i) {
+            // box_overlap_terms<IoU, matrix form>(gt, anchor), operation for operation.
+            const T iw = min_of(gj.x2, px2[i]) - max_of(gj.x1, px1[i]);
+            const T ih = min_of(gj.y2, py2[i]) - max_of(gj.y1, py1[i]);
+            const T inter = max_of(iw, T(0)) * max_of(ih, T(0));
+            const T v = inter / (gj.area + parea[i] - inter);
+            iou_p[i] = v;
+            // matching::replaces_best, branch-free (the -inf start takes the first value).
+            const T cur = best_p[i];
+            const bool r = (cur == cur) && ((v != v) || v > cur);
+            best_p[i] = r ? v : cur;
+            idx_p[i] = r ? jj : idx_p[i];
           }
-          vp[i] = best;
+          if (bb) {
+            // NaN-propagating max in 8 independent lanes (vectorises); the lanes'
+            // max is the same value in any order (NaN if any, else the exact max).
+            T lane[8];
+            for (int l = 0; l < 8; ++l) lane[l] = -std::numeric_limits<T>::infinity();
+            int64_t i = 0;
+            for (; i + 8 <= len; i += 8) {
+              for (int l = 0; l < 8; ++l) {
+                const T v = iou_p[i + l], c = lane[l];
+                lane[l] = (c != c) ? c : (((v != v) || v > c) ? v : c);
+              }
+            }
+            T mx = -std::numeric_limits<T>::infinity();
+            for (; i < len; ++i) mx = matching::max_nan_propagating(mx, iou_p[i]);
+            for (int l = 0; l < 8; ++l) mx = matching::max_nan_propagating(mx, lane[l]);
+            bb[j] = mx;
+          }
+        }
+        for (int64_t i = 0; i < len; ++i) {
+          vp[start + i] = best[i];
           // Before the low-quality pass, matches holds the raw argmax (torchvision's all_matches).
-          mp[i] = best_j;
+          mp[start + i] = best_j[i];
         }
       }
     });
