@@ -528,6 +528,17 @@ def test_torch_compile_fullgraph(device):
     assert torch.equal(m, rm + 1) and torch.equal(v, rv * 2)
     torch.testing.assert_close(loss, P.sigmoid_focal_loss(x, t, reduction="sum"))
 
+    scores, codes, anch = (v.to(device) for v in make_detection_inputs(nb=2, levels=(30, 10), nc=3))
+
+    @torch.compile(fullgraph=True, backend="aot_eager")
+    def g(s, c, a):
+        boxes, sc, labels, counts = P.detection_postprocess_padded(s, c, a, [(60, 60), (50, 70)], [30, 10])
+        return boxes * 2, sc, labels, counts  # fixed shapes: no data-dependent size
+
+    got = g(scores, codes, anch)
+    want = P.detection_postprocess_padded(scores, codes, anch, [(60, 60), (50, 70)], [30, 10])
+    assert torch.equal(got[0], want[0] * 2) and all(torch.equal(a, b) for a, b in zip(got[1:], want[1:]))
+
 
 def test_torch_jit_script(device):
     anchors, gt = random_boxes(60).to(device), random_boxes(5).to(device)
