@@ -59,13 +59,13 @@ struct Terms {
   T p, ce, q, mod;
 };
 
+// From e = exp(-|x|) and l = log1p(e), which a caller may compute in bulk
+// (the CPU kernels take them from torch's vectorised exp and log1p).
 template <typename T>
-PYDETOPS_HOST_DEVICE inline Terms<T> terms(T x, T t, T gamma) {
+PYDETOPS_HOST_DEVICE inline Terms<T> terms_el(T x, T t, T gamma, T e, T l) {
   Terms<T> r;
-  const T ax = x < T(0) ? -x : x;
-  const T e = exp_(-ax);
   r.p = x >= T(0) ? T(1) / (T(1) + e) : e / (T(1) + e);
-  const T log_sig = (x < T(0) ? x : T(0)) - log1p_(e);
+  const T log_sig = (x < T(0) ? x : T(0)) - l;
   r.ce = (T(1) - t) * x - log_sig;
   const T p_t = r.p * t + (T(1) - r.p) * (T(1) - t);
   r.q = T(1) - p_t;
@@ -74,20 +74,29 @@ PYDETOPS_HOST_DEVICE inline Terms<T> terms(T x, T t, T gamma) {
 }
 
 template <typename T>
+PYDETOPS_HOST_DEVICE inline Terms<T> terms(T x, T t, T gamma) {
+  const T e = exp_(x < T(0) ? x : -x);
+  return terms_el(x, t, gamma, e, log1p_(e));
+}
+
+template <typename T>
 PYDETOPS_HOST_DEVICE inline T alpha_t_of(T t, T alpha) {
   return alpha >= T(0) ? alpha * t + (T(1) - alpha) * (T(1) - t) : T(1);
 }
 
 template <typename T>
-PYDETOPS_HOST_DEVICE inline T loss(T x, T t, T alpha, T gamma) {
-  const Terms<T> r = terms(x, t, gamma);
+PYDETOPS_HOST_DEVICE inline T loss_of_terms(const Terms<T>& r, T t, T alpha) {
   return alpha_t_of(t, alpha) * (r.ce * r.mod);
+}
+
+template <typename T>
+PYDETOPS_HOST_DEVICE inline T loss(T x, T t, T alpha, T gamma) {
+  return loss_of_terms(terms(x, t, gamma), t, alpha);
 }
 
 // g: the upstream gradient of this element's loss. Writes d/dx and d/dt.
 template <typename T>
-PYDETOPS_HOST_DEVICE inline void loss_backward(T x, T t, T alpha, T gamma, T g, T* gx, T* gt) {
-  const Terms<T> r = terms(x, t, gamma);
+PYDETOPS_HOST_DEVICE inline void backward_of_terms(const Terms<T>& r, T x, T t, T alpha, T gamma, T g, T* gx, T* gt) {
   const T dpow = gamma == T(0) ? T(0) : (gamma == T(2) ? T(2) * r.q : gamma * pow_(r.q, gamma - T(1)));
   const T at = alpha_t_of(t, alpha);
   const T dx = (r.p - t) * r.mod + r.ce * dpow * (T(1) - T(2) * t) * (r.p * (T(1) - r.p));
@@ -95,6 +104,11 @@ PYDETOPS_HOST_DEVICE inline void loss_backward(T x, T t, T alpha, T gamma, T g, 
   if (alpha >= T(0)) dt += (T(2) * alpha - T(1)) * r.ce * r.mod;
   *gx = g * at * dx;
   *gt = g * dt;
+}
+
+template <typename T>
+PYDETOPS_HOST_DEVICE inline void loss_backward(T x, T t, T alpha, T gamma, T g, T* gx, T* gt) {
+  backward_of_terms(terms(x, t, gamma), x, t, alpha, gamma, g, gx, gt);
 }
 
 }  // namespace focal
