@@ -14,6 +14,8 @@ from .anchors_coding import __all__ as _anchors_coding_all
 from .boxes import *  # noqa: F401,F403
 from .boxes import __all__ as _boxes_all
 from .conv_transpose import *  # noqa: F401,F403
+from .detection import *  # noqa: F401,F403
+from .detection import __all__ as _detection_all
 from .conv_transpose import __all__ as _conv_transpose_all
 from .nms import *  # noqa: F401,F403
 from .nms import __all__ as _nms_all
@@ -25,7 +27,7 @@ from .unpool import *  # noqa: F401,F403
 from .unpool import __all__ as _unpool_all
 
 __all__ = list(_boxes_all) + list(_nms_all) + list(_anchors_coding_all) + list(_psroi_spp_all) + list(_roi_all)
-__all__ += list(_conv_transpose_all) + list(_unpool_all)
+__all__ += list(_conv_transpose_all) + list(_unpool_all) + list(_detection_all)
 
 
 def registered_op_names() -> List[str]:
