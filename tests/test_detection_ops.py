@@ -540,6 +540,7 @@ def test_torch_compile_fullgraph(device):
     assert torch.equal(got[0], want[0] * 2) and all(torch.equal(a, b) for a, b in zip(got[1:], want[1:]))
 
 
+@pytest.mark.torchscript
 def test_torch_jit_script(device):
     anchors, gt = random_boxes(60).to(device), random_boxes(5).to(device)
     s_match = torch.jit.script(P.match_boxes)
