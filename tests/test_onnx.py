@@ -245,3 +245,17 @@ def test_missing_onnxscript_is_named(monkeypatch):
     monkeypatch.setattr(pd_onnx, "_TABLE", None)
     with pytest.raises(ImportError, match=r"pydetops\[onnx\]"):
         pd_onnx.translation_table()
+
+
+class _RoIList(torch.nn.Module):
+    def forward(self, x, b0, b1):
+        return ops.roi_align(x, [b0, b1], 5, 0.5, 2, True)
+
+
+def test_roi_align_with_a_list_of_boxes():
+    x = torch.randn(2, 3, 20, 20)
+    b0, b1 = _boxes(7, scale=40.0), _boxes(4, scale=40.0)
+    prog, types = _export(_RoIList(), (x, b0, b1))
+    assert "RoiAlign" in types
+    got = _run(_session(prog), (x, b0, b1))[0]
+    torch.testing.assert_close(got, _RoIList()(x, b0, b1), rtol=1e-5, atol=1e-5)
