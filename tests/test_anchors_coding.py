@@ -483,6 +483,21 @@ def test_float32_exp_and_log_accuracy_and_special_values(device):
     assert math.isnan(got[3].item()) and math.isnan(got[4].item())
 
 
+@pytest.mark.parametrize("k", [2, 3, 15, 16, 40])
+@pytest.mark.parametrize("clip", [False, True])
+def test_decode_classes_bitwise_equal_to_one_class_rows(device, k, clip):
+    # The CPU kernel takes different loops for K = 1, K < 16 and K >= 16 (and blocks of rows):
+    # every (box, class) pair must come out with the same bits as when decoded on its own.
+    n = 700
+    boxes = rand_boxes(n).to(device)
+    codes = (torch.randn(n, 4 * k) * 2).to(device)
+    size = (300, 500) if clip else None
+    got = ops.decode_boxes(codes, boxes, (10.0, 10.0, 5.0, 5.0), CLAMP, size)
+    flat = ops.decode_boxes(codes.reshape(n * k, 4), boxes.repeat_interleave(k, dim=0), (10.0, 10.0, 5.0, 5.0),
+                            CLAMP, size)
+    assert torch.equal(got.reshape(n * k, 4), flat)
+
+
 def test_decode_noncontiguous_and_mixed_dtypes(device):
     boxes = rand_boxes(50).to(device)
     codes = torch.randn(50, 12, dtype=torch.float64, device=device)

@@ -11,6 +11,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <type_traits>
 
 #include "common/checks.h"
@@ -56,6 +57,31 @@ PYDETOPS_CODING_CLONES void decode_rows(const in_t* __restrict c, const in_t* __
       for (int j = 0; j < 4; ++j) o[4 * i + j] = static_cast<in_t>(r[j]);
     }
     return;
+  }
+  if constexpr (std::is_same<in_t, acc_t>::value) {
+    if (k < 16) {
+      // Few classes: a vector loop over the K classes of a row would run mostly in its scalar
+      // tail, so copy each row's box once per class into a small buffer and run the pairs
+      // through the flat (vectorised) loop, kChunk pairs at a time.
+      constexpr int64_t kChunk = 1024;
+      alignas(64) acc_t rep[4 * kChunk];
+      const int64_t rows_per_chunk = kChunk / k;
+      for (int64_t r0 = begin; r0 < end; r0 += rows_per_chunk) {
+        const int64_t r1 = std::min(end, r0 + rows_per_chunk);
+        int64_t q = 0;
+        for (int64_t row = r0; row < r1; ++row) {
+          for (int64_t cls = 0; cls < k; ++cls, ++q) {
+            for (int j = 0; j < 4; ++j) rep[4 * q + j] = bx[4 * row + j];
+          }
+        }
+        const in_t* cc = c + 4 * k * r0;
+        in_t* oo = o + 4 * k * r0;
+        for (int64_t i = 0; i < q; ++i) {
+          coding::decode_box_math<acc_t, vecmath::CpuMath>(rep + 4 * i, cc + 4 * i, p, Clip, oo + 4 * i);
+        }
+      }
+      return;
+    }
   }
   for (int64_t row = begin; row < end; ++row) {  // vectorised over the K classes of a row
     acc_t box[4];
