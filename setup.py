@@ -143,5 +143,7 @@ setup(
     cmdclass={"build_ext": CMakeBuild},
     python_requires=">=3.10",
     install_requires=["numpy"],  # torch is deliberately not listed: we build against yours
+    # pydetops.onnx (export to standard ONNX ops, checked with onnxruntime).
+    extras_require={"onnx": ["onnx", "onnxruntime", "onnxscript"]},
     zip_safe=False,
 )

@@ -435,6 +435,69 @@ def test_decode_nan_codes_propagate(device):
     assert got[0, 1].item() == 0.0 and got[0, 3].item() == 10.0
 
 
+def _ulps(got: torch.Tensor, want64: torch.Tensor) -> torch.Tensor:
+    """|got - want| in units of the float32 spacing at want (float64 want, exact reference)."""
+    w32 = want64.float()
+    spacing = (torch.nextafter(w32.abs(), torch.tensor(math.inf)) - w32.abs()).double()
+    return (got.double() - want64).abs() / spacing
+
+
+def test_float32_exp_and_log_accuracy_and_special_values(device):
+    # The float32 kernels evaluate exp/log with their own vectorisable routines (CPU:
+    # csrc/cpu/vec_math_cpu.h): within about 1 ulp of the exact value over the whole range,
+    # with std::exp/std::log's special values. Isolate them through the ops:
+    # decode of the box (-1, -1, 1, 1) (centre 0, width 2) with code (0, 0, d, d) and no clamp
+    # gives x2 = 0.5 * (exp(d) * 2) = exp(d) exactly; encode of G = (0, 0, g, g) against
+    # P = (0, 0, 1, 1) with weights 1 gives t_w = log(g / 1) = log(g).
+    # (exp(d) * 2 must not overflow: d <= 88; larger d are checked to give inf below)
+    d = torch.cat([torch.linspace(-110.0, 88.0, 20001), torch.tensor([0.0, -0.0, 1e-30, -1e-30, 87.99, 1.0,
+                                                                     -87.3, -103.3, -103.98, -104.0])])
+    codes = torch.stack([torch.zeros_like(d), torch.zeros_like(d), d, d], 1)
+    boxes = torch.tensor([[-1.0, -1.0, 1.0, 1.0]]).expand(len(d), 4)
+    got = ops.decode_boxes(codes.to(device), boxes.to(device), (1.0, 1.0, 1.0, 1.0), math.inf).cpu()[:, 2]
+    want = torch.exp(d.double())
+    finite = torch.isfinite(want.float()) & (want.float() != 0)
+    max_ulps = 1.5 if device == "cpu" else 2.5  # CUDA's expf/logf: 2 ulp
+    assert _ulps(got[finite], want[finite]).max().item() <= max_ulps
+    assert torch.equal(got[~finite], want[~finite].float())  # underflow -> 0 where float64's value rounds to 0
+    specials = torch.tensor([math.inf, -math.inf, math.nan, 89.0, 95.0, 1e4])
+    sc = torch.stack([torch.zeros(6), torch.zeros(6), specials, specials], 1)
+    got = ops.decode_boxes(sc.to(device), boxes[:6].to(device), (1.0, 1.0, 1.0, 1.0), math.inf).cpu()[:, 2]
+    assert got[0].item() == math.inf and got[1].item() == 0.0 and math.isnan(got[2].item())
+    assert (got[3:] == math.inf).all()  # overflow
+
+    exps = torch.linspace(-149.0, 127.9, 30001, dtype=torch.float64)
+    g = torch.cat([torch.pow(2.0, exps).float(), torch.tensor([1.0, 1.0000001, 0.9999999, 1e-45, 3e-39])])
+    gt = torch.stack([torch.zeros_like(g), torch.zeros_like(g), g, g], 1)
+    prop = torch.tensor([[0.0, 0.0, 1.0, 1.0]]).expand(len(g), 4)
+    w = torch.ones(4)
+    got = ops.encode_boxes(gt.to(device), prop.to(device), w).cpu()[:, 2]
+    want = torch.log(g.double())
+    nz = want != 0
+    assert _ulps(got[nz], want[nz]).max().item() <= max_ulps
+    assert (got[~nz] == 0).all()
+    specials = torch.tensor([0.0, -1.0, math.inf, math.nan, -math.inf])
+    gt = torch.stack([torch.zeros(5), torch.zeros(5), specials, specials], 1)
+    got = ops.encode_boxes(gt.to(device), prop[:5].to(device), w).cpu()[:, 2]
+    assert got[0].item() == -math.inf and math.isnan(got[1].item()) and got[2].item() == math.inf
+    assert math.isnan(got[3].item()) and math.isnan(got[4].item())
+
+
+@pytest.mark.parametrize("k", [2, 3, 15, 16, 40])
+@pytest.mark.parametrize("clip", [False, True])
+def test_decode_classes_bitwise_equal_to_one_class_rows(device, k, clip):
+    # The CPU kernel takes different loops for K = 1, K < 16 and K >= 16 (and blocks of rows):
+    # every (box, class) pair must come out with the same bits as when decoded on its own.
+    n = 700
+    boxes = rand_boxes(n).to(device)
+    codes = (torch.randn(n, 4 * k) * 2).to(device)
+    size = (300, 500) if clip else None
+    got = ops.decode_boxes(codes, boxes, (10.0, 10.0, 5.0, 5.0), CLAMP, size)
+    flat = ops.decode_boxes(codes.reshape(n * k, 4), boxes.repeat_interleave(k, dim=0), (10.0, 10.0, 5.0, 5.0),
+                            CLAMP, size)
+    assert torch.equal(got.reshape(n * k, 4), flat)
+
+
 def test_decode_noncontiguous_and_mixed_dtypes(device):
     boxes = rand_boxes(50).to(device)
     codes = torch.randn(50, 12, dtype=torch.float64, device=device)

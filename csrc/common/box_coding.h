@@ -45,6 +45,19 @@ PYDETOPS_HOST_DEVICE inline T log_of(T x) {
 #endif
 }
 
+// The exp/log that decode_box / encode_box use by default (the ones above). The CPU
+// kernels pass their own (csrc/cpu/vec_math_cpu.h: same formulas, vectorisable).
+struct StdMath {
+  template <typename T>
+  PYDETOPS_HOST_DEVICE static T exp(T x) {
+    return exp_of(x);
+  }
+  template <typename T>
+  PYDETOPS_HOST_DEVICE static T log(T x) {
+    return log_of(x);
+  }
+};
+
 // Clamp as torch.clamp(x, max=hi): NaN stays NaN.
 template <typename T>
 PYDETOPS_HOST_DEVICE inline T clamp_max(T x, T hi) {
@@ -73,8 +86,10 @@ struct DecodeParams {
 };
 
 // Decodes one (box, code) pair. b: box (x1, y1, x2, y2); d: code (dx, dy, dw, dh).
-template <typename T>
-PYDETOPS_HOST_DEVICE inline void decode_box(const T* b, const T* d, const DecodeParams<T>& p, T* out) {
+// Clip: whether to clip (the CPU kernels make it a compile-time constant; p.clip otherwise).
+template <typename T, typename Math = StdMath>
+PYDETOPS_HOST_DEVICE inline void decode_box_math(const T* b, const T* d, const DecodeParams<T>& p, bool clip,
+                                                 T* out) {
   const T w = b[2] - b[0];
   const T h = b[3] - b[1];
   const T cx = b[0] + T(0.5) * w;
@@ -85,13 +100,13 @@ PYDETOPS_HOST_DEVICE inline void decode_box(const T* b, const T* d, const Decode
   const T dh = clamp_max(d[3] / p.wh, p.clamp);
   const T pcx = dx * w + cx;
   const T pcy = dy * h + cy;
-  const T pw = exp_of(dw) * w;
-  const T ph = exp_of(dh) * h;
+  const T pw = Math::exp(dw) * w;
+  const T ph = Math::exp(dh) * h;
   T x1 = pcx - T(0.5) * pw;
   T y1 = pcy - T(0.5) * ph;
   T x2 = pcx + T(0.5) * pw;
   T y2 = pcy + T(0.5) * ph;
-  if (p.clip) {
+  if (clip) {
     x1 = clamp_range(x1, T(0), p.img_w);
     y1 = clamp_range(y1, T(0), p.img_h);
     x2 = clamp_range(x2, T(0), p.img_w);
@@ -101,6 +116,11 @@ PYDETOPS_HOST_DEVICE inline void decode_box(const T* b, const T* d, const Decode
   out[1] = y1;
   out[2] = x2;
   out[3] = y2;
+}
+
+template <typename T>
+PYDETOPS_HOST_DEVICE inline void decode_box(const T* b, const T* d, const DecodeParams<T>& p, T* out) {
+  decode_box_math<T, StdMath>(b, d, p, p.clip, out);
 }
 
 // Gradient of decode_box. g: upstream gradient of (x1, y1, x2, y2).
@@ -155,7 +175,7 @@ struct EncodeWeights {
 };
 
 // Targets of the reference (ground-truth) box r relative to the proposal q.
-template <typename T>
+template <typename T, typename Math = StdMath>
 PYDETOPS_HOST_DEVICE inline void encode_box(const T* r, const T* q, const EncodeWeights<T>& wt, T* out) {
   const T pw = q[2] - q[0];
   const T ph = q[3] - q[1];
@@ -167,8 +187,8 @@ PYDETOPS_HOST_DEVICE inline void encode_box(const T* r, const T* q, const Encode
   const T gcy = r[1] + T(0.5) * gh;
   out[0] = wt.wx * (gcx - pcx) / pw;
   out[1] = wt.wy * (gcy - pcy) / ph;
-  out[2] = wt.ww * log_of(gw / pw);
-  out[3] = wt.wh * log_of(gh / ph);
+  out[2] = wt.ww * Math::log(gw / pw);
+  out[3] = wt.wh * Math::log(gh / ph);
 }
 
 // Gradient of encode_box: g is the upstream gradient of the four targets;

@@ -130,11 +130,12 @@ def cases(device: str, quick: bool) -> List[Case]:
         w_t = torch.tensor(weights, device=device)
         tv_encode = lambda r, p: _torch_encode(r, p, w_t)  # noqa: E731
 
-    for n, k in ((100_000 // scale, 1), (1000 // scale, 91)):
+    coder = ops.BoxCoder(weights)
+    for n, k in ((200_000 // scale, 1), (1000 // scale, 91)):
         boxes = _random_boxes(n, device)
         codes = torch.randn(n, 4 * k, device=device)
-        out.append(Case("decode_boxes", f"{n} boxes x {k} cls f32",
-                        lambda c=codes, b=boxes: ops.decode_boxes(c, b, weights),
+        out.append(Case("decode_boxes", f"BoxCoder.decode_single {n} boxes x {k} cls f32",
+                        lambda c=codes, b=boxes: coder.decode_single(c, b),
                         lambda c=codes, b=boxes: tv_decode(c, b), name, device))
 
     n = 100_000 // scale
@@ -157,9 +158,10 @@ def cases(device: str, quick: bool) -> List[Case]:
     out.append(Case("decode_boxes", f"{n} x 1 cls fwd+bwd f32", ours_fb, base_fb, name + " + autograd", device))
 
     # ---- encode -----------------------------------------------------------------------------
-    gt = _random_boxes(n, device)
-    prop = _random_boxes(n, device)
-    w_t = torch.tensor(weights, device=device)
-    out.append(Case("encode_boxes", f"{n} boxes f32", lambda: ops.encode_boxes(gt, prop, w_t),
-                    lambda: tv_encode(gt, prop), name, device))
+    for n_enc in (200_000 // scale, 91_000 // scale):  # 200k boxes; 1000 proposals x 91 classes
+        gt = _random_boxes(n_enc, device)
+        prop = _random_boxes(n_enc, device)
+        out.append(Case("encode_boxes", f"BoxCoder.encode_single {n_enc} boxes f32",
+                        lambda g=gt, p=prop: coder.encode_single(g, p),
+                        lambda g=gt, p=prop: tv_encode(g, p), name, device))
     return out

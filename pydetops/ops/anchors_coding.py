@@ -418,7 +418,15 @@ class BoxCoder:
     def encode_single(self, reference_boxes: Tensor, proposals: Tensor) -> Tensor:
         """Tensor[N, 4], Tensor[N, 4] -> Tensor[N, 4] targets (weights in the reference boxes' dtype)."""
         dtype = reference_boxes.dtype if reference_boxes.is_floating_point() else torch.float32
-        weights = torch.as_tensor(self.weights, dtype=dtype, device=reference_boxes.device)
+        # The weights tensor is cached per (values, dtype, device): building it cost ~5 us a call.
+        key = (tuple(self.weights), dtype, reference_boxes.device)
+        cache = self.__dict__.setdefault("_weights_cache", {})
+        weights = cache.get(key)
+        if weights is None:
+            weights = torch.as_tensor(self.weights, dtype=dtype, device=reference_boxes.device)
+            if len(cache) >= 8:
+                cache.clear()
+            cache[key] = weights
         return torch.ops.pydetops.encode_boxes(reference_boxes, proposals, weights)
 
     def decode(self, rel_codes: Tensor, boxes: List[Tensor]) -> Tensor:
