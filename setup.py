@@ -142,6 +142,6 @@ setup(
     ext_modules=[CMakeExtension("pydetops._C")],
     cmdclass={"build_ext": CMakeBuild},
     python_requires=">=3.9",
-    install_requires=["numpy"],  # torch is deliberately not listed: we build against yours
+    install_requires=["numpy", "Pillow", "pycocotools", "matplotlib", "tqdm"],  # torch is deliberately not listed: we build against yours
     zip_safe=False,
 )
