@@ -231,6 +231,10 @@ def _train(a: argparse.Namespace, dist: "_Dist") -> int:
         raise DatasetError(f"{a.train_annotations}: no images")
 
     os.makedirs(a.out, exist_ok=True)
+    if dist.main:  # temporary files of a save that a kill interrupted
+        for f in os.listdir(a.out):
+            if f.startswith((".tmp-last.pt-", ".tmp-best.pt-")):
+                os.unlink(os.path.join(a.out, f))
     last_path = os.path.join(a.out, "last.pt")
     best_path = os.path.join(a.out, "best.pt")
     kwargs = model_kwargs(ctor, a.backbone, a.image_size)
@@ -356,7 +360,8 @@ def _train(a: argparse.Namespace, dist: "_Dist") -> int:
             write_json(os.path.join(a.out, "metrics.json"),
                        {"model": a.model, "model_kwargs": kwargs, "epochs": history["epochs"],
                         "best": {"AP": best_ap, "epoch": max((e["epoch"] for e in history["epochs"]
-                                                               if e.get("val", {}).get("AP") == best_ap), default=None)}
+                                                               if (e.get("val", {}).get("AP") or 0.0) == best_ap),
+                                                              default=None)}
                         if val_ds is not None else None,
                         "steps": history["steps"]})
             plot_losses(history["steps"], history["epochs"], os.path.join(a.out, "losses.png"))

@@ -57,8 +57,19 @@ TINY_SOURCE = textwrap.dedent('''
             boxes = torch.stack([c[:, 0] - c[:, 2] / 2, c[:, 1] - c[:, 3] / 2,
                                  c[:, 0] + c[:, 2] / 2, c[:, 1] + c[:, 3] / 2], 1) * size
             scores, labels = logits.softmax(1)[:, 1:].max(1)
-            return [{"boxes": boxes[i:i + 1], "labels": labels[i:i + 1] + 1, "scores": scores[i:i + 1]}
-                    for i in range(len(images))]
+            res = [{"boxes": boxes[i:i + 1], "labels": labels[i:i + 1] + 1, "scores": scores[i:i + 1]}
+                   for i in range(len(images))]
+            if os.environ.get("TINY_EXTRAS"):  # box-shaped masks and five keypoints, as Mask/Keypoint R-CNN
+                for im, r in zip(images, res):
+                    H, W = im.shape[-2:]
+                    x1, y1, x2, y2 = [float(v) for v in r["boxes"][0]]
+                    m = torch.zeros(1, 1, H, W)
+                    m[0, 0, max(0, int(y1)):max(0, int(y2)), max(0, int(x1)):max(0, int(x2))] = 0.9
+                    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+                    r["masks"] = m
+                    r["keypoints"] = torch.tensor([[[x1, cy, 1.0], [x2, cy, 1.0], [cx, y1, 1.0], [cx, y2, 1.0],
+                                                    [cx, cy, 1.0]]])
+            return res
 ''')
 
 RUNNER_SOURCE = textwrap.dedent('''
@@ -169,9 +180,29 @@ def test_train_evaluate_predict(data, tiny, tmp_path, capsys):
         assert im.size == orig.size and list(im.getdata()) != list(orig.convert("RGB").getdata())
 
 
+def test_masks_and_keypoints_are_evaluated_and_drawn(data, tiny, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    assert train.main(_train_args(data, out, "--epochs", "1", "--batch-size", "4", val=False)) == 0
+    monkeypatch.setenv("TINY_EXTRAS", "1")
+    ev = tmp_path / "ev"
+    assert evaluate.main(["--checkpoint", str(out / "last.pt"), "--images", str(data / "val" / "images"),
+                          "--annotations", str(data / "val" / "annotations.json"), "--out", str(ev)]) == 0
+    em = json.loads((ev / "metrics.json").read_text())
+    assert {"AP", "AP50", "per_class_AP"} <= set(em["segm"]) and {"AP", "AR", "per_class_AP"} <= set(em["keypoints"])
+    dets = json.loads((ev / "detections.json").read_text())
+    assert all(len(d["keypoints"]) == 15 and set(d["segmentation"]) == {"size", "counts"} for d in dets)
+    pr = tmp_path / "pr"
+    img = data / "val" / "images" / "000003.png"
+    assert predict.main(["--checkpoint", str(out / "last.pt"), "--out", str(pr), "--score-threshold", "0",
+                         str(img), str(img)]) == 0
+    p = json.loads((pr / "predictions.json").read_text())
+    assert [r["drawn"] for r in p] == ["000003.png", "000003_2.png"]  # same name twice: not overwritten
+    assert "segmentation" in p[0]["detections"][0] and len(p[0]["detections"][0]["keypoints"]) == 15
+
+
 def test_max_minutes_stops_after_the_step_and_still_saves(data, tiny, tmp_path):
     out = tmp_path / "budget"
-    assert train.main(_train_args(data, out, "--max-minutes", "0.00001", "--batch-size", "2")) == 0
+    assert train.main(_train_args(data, out, "--max-minutes", "0.00001", "--batch-size", "2", "--amp")) == 0
     m = json.loads((out / "metrics.json").read_text())
     assert len(m["epochs"]) == 1 and m["epochs"][0]["steps"] == 1 and m["epochs"][0]["complete"] is False
     assert "AP" in m["epochs"][0]["val"] and (out / "best.pt").is_file()
@@ -270,7 +301,9 @@ def test_kill_then_resume_matches_uninterrupted_run(data, tiny, tmp_path):
         if p.poll() is None:
             p.send_signal(signal.SIGKILL)
         p.wait(timeout=30)
+    assert p.returncode == -signal.SIGKILL
     done = load_checkpoint(str(out / "last.pt"))["epoch"]  # readable: written atomically
+    assert done < 3
     assert train.main(_train_args(data, out, "--epochs", "4", "--batch-size", "2", "--resume", val=False)) == 0
     m = json.loads((out / "metrics.json").read_text())
     assert [e["epoch"] for e in m["epochs"]] == [1, 2, 3, 4], done

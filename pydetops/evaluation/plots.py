@@ -48,8 +48,9 @@ def plot_losses(steps: List[Dict[str, float]], epochs: List[Dict], path: str) ->
     if tot:
         a1.plot(tot, lw=0.6, alpha=0.5, label="loss")
         w = max(1, len(tot) // 50)
-        run = np.convolve(tot, np.ones(w) / w, mode="valid")
-        a1.plot(np.arange(len(run)) + w - 1, run, label=f"running mean ({w})")
+        if w > 1:
+            run = np.convolve(tot, np.ones(w) / w, mode="valid")
+            a1.plot(np.arange(len(run)) + w - 1, run, label=f"running mean of {w}")
         a1.legend(fontsize=8)
     a1.set_xlabel("step")
     a1.set_title("total loss")
