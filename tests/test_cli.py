@@ -19,7 +19,11 @@ from pydetops import evaluate, predict, train
 from pydetops.checkpoint import load_checkpoint, save_checkpoint
 from pydetops.data import synthetic
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import pydetops
+
+# Subprocesses import the pydetops this process imported (the worktree, or a copy built
+# against another torch), whatever their working folder.
+PKG_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(pydetops.__file__)))
 
 TINY_SOURCE = textwrap.dedent('''
     import os
@@ -113,13 +117,13 @@ def _train_args(data, out, *extra, val=True):
 
 
 def _env(**extra):
-    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    env = dict(os.environ, PYTHONPATH=PKG_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
                OMP_NUM_THREADS="1", **extra)
     return env
 
 
 def _run(data, module, *args, **env):
-    return subprocess.run([sys.executable, str(data / "runner.py"), module, *map(str, args)], cwd=REPO,
+    return subprocess.run([sys.executable, str(data / "runner.py"), module, *map(str, args)], cwd=str(data),
                           env=_env(**env), capture_output=True, text=True, timeout=120)
 
 
@@ -273,16 +277,26 @@ def test_subprocess_commands_and_corrupt_checkpoint(data, tmp_path):
              "--out", out, "--epochs", "1", "--batch-size", "2", "--workers", "1")
     assert r.returncode == 0, r.stderr
     assert "epoch 1" in r.stderr and "val AP" in r.stderr  # tqdm bar and epoch line
-    r = _run(data, "evaluate", "--checkpoint", out / "best.pt", "--images", d / "images",
-             "--annotations", d / "annotations.json", "--out", tmp_path / "ev")
-    assert r.returncode == 0 and "AR100" in r.stdout, r.stderr
-    r = _run(data, "predict", "--checkpoint", out / "last.pt", "--out", tmp_path / "pr", d / "images" / "000001.png")
-    assert r.returncode == 0 and (tmp_path / "pr" / "000001.png").is_file(), r.stderr
-    (out / "last.pt").write_bytes(b"\x00garbage" * 10)
-    r = _run(data, "evaluate", "--checkpoint", out / "last.pt", "--images", d / "images",
-             "--annotations", d / "annotations.json", "--out", tmp_path / "ev")
-    assert r.returncode == 2 and "Traceback" not in r.stderr
-    assert r.stderr.strip().splitlines()[-1].startswith(f"error: {out / 'last.pt'}: corrupt or truncated checkpoint")
+    # The three commands that read the checkpoint run side by side.
+    (tmp_path / "corrupt.pt").write_bytes(b"\x00garbage" * 10)
+    runs = {
+        "evaluate": ["--checkpoint", out / "best.pt", "--images", d / "images", "--annotations",
+                     d / "annotations.json", "--out", tmp_path / "ev"],
+        "predict": ["--checkpoint", out / "last.pt", "--out", tmp_path / "pr", d / "images" / "000001.png"],
+        "corrupt": ["--checkpoint", tmp_path / "corrupt.pt", "--images", d / "images", "--annotations",
+                    d / "annotations.json", "--out", tmp_path / "ev2"],
+    }
+    procs = {k: subprocess.Popen([sys.executable, str(data / "runner.py"), "predict" if k == "predict" else "evaluate",
+                                  *map(str, v)], cwd=str(data), env=_env(), stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True) for k, v in runs.items()}
+    res = {k: (p.communicate(timeout=120), p.returncode) for k, p in procs.items()}
+    (o, e), rc = res["evaluate"]
+    assert rc == 0 and "AR100" in o and (tmp_path / "ev" / "metrics.json").is_file(), e
+    (o, e), rc = res["predict"]
+    assert rc == 0 and (tmp_path / "pr" / "000001.png").is_file(), e
+    (o, e), rc = res["corrupt"]
+    assert rc == 2 and "Traceback" not in e
+    assert e.strip().splitlines()[-1].startswith(f"error: {tmp_path / 'corrupt.pt'}: corrupt or truncated checkpoint")
 
 
 def test_kill_then_resume_matches_uninterrupted_run(data, tiny, tmp_path):
@@ -290,7 +304,7 @@ def test_kill_then_resume_matches_uninterrupted_run(data, tiny, tmp_path):
     assert train.main(_train_args(data, ref, "--epochs", "4", "--batch-size", "2", val=False)) == 0
     out = tmp_path / "killed"
     args = _train_args(data, out, "--epochs", "4", "--batch-size", "2", val=False)
-    p = subprocess.Popen([sys.executable, str(data / "runner.py"), "train", *args], cwd=REPO,
+    p = subprocess.Popen([sys.executable, str(data / "runner.py"), "train", *args], cwd=str(data),
                          env=_env(TINY_SLEEP="0.15"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 90
@@ -319,7 +333,7 @@ def test_ddp_two_processes_match_one(data, tiny, tmp_path):
         pytest.skip("torchrun not installed next to this python")
     r = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", str(data / "runner.py"), "train",
                         *_train_args(data, two, "--epochs", "2", "--batch-size", "2", val=False)],
-                       cwd=REPO, env=_env(), capture_output=True, text=True, timeout=180)
+                       cwd=str(data), env=_env(), capture_output=True, text=True, timeout=180)
     assert r.returncode == 0, r.stderr[-3000:]
     _assert_same_weights(_weights(two / "last.pt"), _weights(one / "last.pt"), atol=1e-5)
     m1 = json.loads((one / "metrics.json").read_text())
