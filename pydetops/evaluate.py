@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import sys
+import warnings
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -22,7 +23,8 @@ from .checkpoint import CheckpointError, build_model, load_checkpoint
 from .data import CocoDetection, DatasetError, ToTensor, make_loader
 from .evaluation import FPSMeter, coco_evaluate, detections_to_coco, plot_pr_curves
 
-__all__ = ["main", "evaluate_model", "check_categories", "resolve_device", "UsageError", "write_json"]
+__all__ = ["main", "evaluate_model", "check_categories", "resolve_device", "UsageError", "write_json",
+           "one_line_warnings"]
 
 
 class UsageError(ValueError):
@@ -39,6 +41,11 @@ def resolve_device(name: str) -> torch.device:
     if dev.type not in ("cpu", "cuda"):
         raise UsageError(f"--device: only cpu and cuda are supported, got {name!r}")
     return dev
+
+
+def one_line_warnings() -> None:
+    """Show warnings (e.g. the count of skipped degenerate boxes) as one line each."""
+    warnings.formatwarning = lambda message, category, *args, **kwargs: f"warning: {message}\n"
 
 
 def write_json(path: str, obj: Any) -> None:
@@ -148,6 +155,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[List[str]] = None) -> int:
     a = parse_args(argv)
+    one_line_warnings()
     try:
         device = resolve_device(a.device)
         ckpt = load_checkpoint(a.checkpoint)

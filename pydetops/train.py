@@ -35,7 +35,8 @@ import torch
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .data import (CocoDetection, Compose, DatasetError, EpochSampler, RandomHorizontalFlip, ToTensor,
                    make_loader)
-from .evaluate import UsageError, _autocast, check_categories, evaluate_model, resolve_device, write_json
+from .evaluate import (UsageError, _autocast, check_categories, evaluate_model, one_line_warnings, resolve_device,
+                       write_json)
 from .evaluation import plot_losses
 
 __all__ = ["main", "parse_args"]
@@ -325,7 +326,7 @@ def _train(a: argparse.Namespace, dist: "_Dist") -> int:
             vals = {k: float(v.detach()) for k, v in loss_dict.items()}
             for k, v in vals.items():
                 sums[k] = sums.get(k, 0.0) + v
-            history["steps"].append({"epoch": epoch + 1, "loss": float(loss), "lr": opt.param_groups[0]["lr"]})
+            history["steps"].append({"epoch": epoch + 1, "loss": float(loss.detach()), "lr": opt.param_groups[0]["lr"]})
             if dist.main:
                 bar.set_postfix({"loss": f"{sums and sum(sums.values()) / n_steps:.3f}",
                                  **{k: f"{s / n_steps:.3f}" for k, s in sums.items()}}, refresh=False)
@@ -377,6 +378,7 @@ def _train(a: argparse.Namespace, dist: "_Dist") -> int:
 
 def main(argv: Optional[List[str]] = None) -> int:
     a = parse_args(argv)
+    one_line_warnings()
     try:
         return train(a)
     except (DatasetError, CheckpointError, UsageError) as e:
