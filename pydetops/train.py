@@ -222,7 +222,8 @@ def _train(a: argparse.Namespace, dist: "_Dist") -> int:
     ctor = models[a.model]
     want_masks = a.model in _NEEDS_MASKS or "masks" in getattr(ctor, "target_fields", ())
     want_kps = a.model in _NEEDS_KEYPOINTS or "keypoints" in getattr(ctor, "target_fields", ())
-    train_raw = CocoDetection(a.train_images, a.train_annotations, masks=want_masks, keypoints=want_kps)
+    train_raw = CocoDetection(a.train_images, a.train_annotations, masks=want_masks, keypoints=want_kps,
+                              skip_crowd=True)
     train_raw.transforms = Compose([ToTensor(), RandomHorizontalFlip(0.5, train_raw.flip_indices)])
     val_ds = None
     if a.val_images:

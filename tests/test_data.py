@@ -139,6 +139,10 @@ def test_masks_from_polygon_and_both_rle_kinds(tmp_path):
     np.testing.assert_array_equal(t["masks"][2].numpy(), blob)
     assert t["iscrowd"].tolist() == [0, 1, 0]
     assert t["labels"].tolist() == [2, 1, 1]  # ids 2 -> 1, 11 -> 2
+    no_crowd = CocoDetection(str(tmp_path / "im"), _write(tmp_path, data), masks=True, skip_crowd=True)
+    _, t2 = no_crowd[0]
+    assert no_crowd.num_crowd_skipped == 1 and t2["iscrowd"].tolist() == [0, 0]
+    torch.testing.assert_close(t2["masks"], t["masks"][[0, 2]])
     with pytest.raises(ValueError, match="RLE size"):
         decode_segmentation({"size": [H + 1, W], "counts": [H * W]}, H, W)
     with pytest.raises(ValueError, match="polygon"):

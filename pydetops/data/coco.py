@@ -108,6 +108,8 @@ class CocoDetection(torch.utils.data.Dataset):
         keypoints: put ``target["keypoints"]`` ``[N, K, 3]`` float.
         transforms: callable ``(image, target) -> (image, target)``.
         check_files: check at construction that every image file exists.
+        skip_crowd: leave ``iscrowd`` annotations out of the targets (for training, as
+            torchvision's references do; evaluation still sees them through pycocotools).
 
     Attributes: ``categories`` (the JSON's, sorted by id), ``label_to_category_id``
     (index = label; entry 0 is None), ``category_id_to_label``, ``num_classes``
@@ -116,7 +118,8 @@ class CocoDetection(torch.utils.data.Dataset):
     """
 
     def __init__(self, images_dir: str, annotations, masks: bool = False, keypoints: bool = False,
-                 transforms=None, check_files: bool = True, source: Optional[str] = None):
+                 transforms=None, check_files: bool = True, source: Optional[str] = None,
+                 skip_crowd: bool = False):
         if isinstance(annotations, dict):
             self.ann_file = source or "<annotations>"
             data = annotations
@@ -177,6 +180,7 @@ class CocoDetection(torch.utils.data.Dataset):
 
         self.anns = {iid: [] for iid in self.ids}
         self.num_degenerate = 0
+        self.num_crowd_skipped = 0
         first_degenerate = None
         seen = set()
         K = len(self.keypoint_names)
@@ -206,6 +210,9 @@ class CocoDetection(torch.utils.data.Dataset):
                 self.num_degenerate += 1
                 if first_degenerate is None:
                     first_degenerate = where
+                continue
+            if skip_crowd and a.get("iscrowd", 0):
+                self.num_crowd_skipped += 1
                 continue
             self.anns[iid].append(a)
         if self.num_degenerate:
