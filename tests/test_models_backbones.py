@@ -10,6 +10,16 @@ from torch import nn
 from pydetops.models import backbones as B
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # These models are small: one thread is as fast, and on a shared, loaded CPU two
+    # spinning OpenMP threads were measured 10x slower per training step.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _randomize_bn_stats(module):
     g = torch.Generator().manual_seed(1)
     for m in module.modules():
@@ -54,17 +64,20 @@ def test_fold_frozen_batchnorm_keeps_outputs(depth):
         torch.testing.assert_close(after[k], before[k], rtol=1e-9, atol=1e-9)
 
 
-def test_fold_frozen_batchnorm_mobilenet():
-    net = B.mobilenet_v3_fpn_backbone(B.FrozenBatchNorm2d, trainable_layers=3, out_channels=32)
+def test_fold_batchnorm_eval_mobilenet():
+    # float32 (depthwise convs in float64 are slow): tolerance relative to the maps' scale
+    net = B.mobilenet_v3_fpn_backbone(nn.BatchNorm2d, trainable_layers=3, out_channels=32)
     _randomize_bn_stats(net)
-    net = net.double().eval()
-    x = torch.randn(1, 3, 96, 64, dtype=torch.float64)
+    net.eval()
+    x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         before = net(x)
         B.fold_frozen_batchnorm_(net)
         after = net(x)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in net.modules())
     for k in before:
-        torch.testing.assert_close(after[k], before[k], rtol=1e-9, atol=1e-9)
+        scale = float(before[k].abs().max())
+        torch.testing.assert_close(after[k], before[k], rtol=1e-4, atol=1e-5 * scale)
 
 
 # ---------------------------------------------------------------- shapes, names, freezing

@@ -9,6 +9,16 @@ import torch
 from pydetops.models import MODELS, faster_rcnn, fasterrcnn_mobilenet_v3_large_fpn, fasterrcnn_resnet50_fpn
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # These models are small: one thread is as fast, and on a shared, loaded CPU two
+    # spinning OpenMP threads were measured 10x slower per training step.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _images(seed=0):
     g = torch.Generator().manual_seed(seed)
     imgs = [torch.rand(3, 120, 160, generator=g), torch.rand(3, 140, 110, generator=g)]
@@ -47,7 +57,7 @@ def _synthetic_batch():
 
 def test_small_model_trains_on_cpu():
     torch.manual_seed(0)
-    model = MODELS["faster_rcnn"](num_classes=3, backbone="tiny", min_size=128, max_size=128,
+    model = MODELS["faster_rcnn"](num_classes=3, backbone="tiny", min_size=96, max_size=96,
                                   box_batch_size_per_image=128)
     imgs, targets = _synthetic_batch()
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.02, momentum=0.9)
@@ -77,7 +87,7 @@ def test_small_model_trains_on_cpu():
 
 @pytest.mark.parametrize("backbone,fpn", [("resnet18", True), ("tiny", False)])
 def test_small_variants_run_and_empty_targets(backbone, fpn):
-    model = faster_rcnn(num_classes=4, backbone=backbone, fpn=fpn, min_size=64, max_size=96)
+    model = faster_rcnn(num_classes=4, backbone=backbone, fpn=fpn, min_size=64, max_size=64)
     model.train()
     targets = _targets()
     targets[1] = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}  # no objects
@@ -155,7 +165,7 @@ def _tv_detection():
         pytest.skip(f"torchvision is not usable here: {type(err).__name__}: {err}")
 
 
-_SMALL = dict(min_size=160, max_size=200, rpn_pre_nms_top_n_test=300, rpn_post_nms_top_n_test=60,
+_SMALL = dict(min_size=128, max_size=160, rpn_pre_nms_top_n_test=300, rpn_post_nms_top_n_test=60,
               box_score_thresh=0.0, box_detections_per_img=20)
 
 

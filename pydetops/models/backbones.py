@@ -493,26 +493,32 @@ def mobilenet_v3_fpn_backbone(norm_layer: Callable[[int], nn.Module] = FrozenBat
 
 
 def fold_frozen_batchnorm_(module: nn.Module) -> nn.Module:
-    """Fold every (Conv2d, FrozenBatchNorm2d) pair of ``module`` in place: the conv gets
-    ``weight * scale`` and ``bias = shift (+ bias * scale)``, the norm becomes Identity.
+    """Fold every (Conv2d, norm) pair of ``module`` in place, where the norm is a FrozenBatchNorm2d
+    or a BatchNorm2d in eval mode (its running statistics): the conv gets ``weight * scale`` and
+    ``bias = shift (+ bias * scale)``, the norm becomes Identity.
 
-    Only for inference (the folded conv's weight is a new Parameter, not frozen); the
-    ``state_dict`` keys change (norm buffers gone, conv biases appear), so do it after loading.
-    Returns ``module``.
+    Only for inference (the folded weights are new, frozen Parameters); the ``state_dict`` keys
+    change (norm buffers gone, conv biases appear), so do it after loading. Returns ``module``.
     """
     for parent in list(module.modules()):
         names = [n for n, _ in parent.named_children()]
         for i in range(1, len(names)):
             conv, bn = getattr(parent, names[i - 1]), getattr(parent, names[i])
-            if isinstance(bn, FrozenBatchNorm2d) and isinstance(conv, nn.Conv2d):
+            foldable = isinstance(bn, FrozenBatchNorm2d) or (
+                isinstance(bn, nn.BatchNorm2d) and not bn.training and bn.track_running_stats)
+            if foldable and isinstance(conv, nn.Conv2d):
                 _fold(conv, bn)
                 setattr(parent, names[i], nn.Identity())
     return module
 
 
 @torch.no_grad()
-def _fold(conv: nn.Conv2d, bn: FrozenBatchNorm2d) -> None:
-    scale, shift = bn.scale_shift()
+def _fold(conv: nn.Conv2d, bn: nn.Module) -> None:
+    if isinstance(bn, FrozenBatchNorm2d):
+        scale, shift = bn.scale_shift()
+    else:
+        scale = bn.weight * (bn.running_var + bn.eps).rsqrt()
+        shift = bn.bias - bn.running_mean * scale
     conv.weight = nn.Parameter(conv.weight * scale.reshape(-1, 1, 1, 1), requires_grad=False)
     bias = shift if conv.bias is None else conv.bias * scale + shift
     conv.bias = nn.Parameter(bias, requires_grad=False)

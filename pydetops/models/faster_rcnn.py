@@ -160,16 +160,23 @@ class FasterRCNN(nn.Module):
         # 5. back to the input images' pixels
         return self.transform.postprocess(detections, image_list.image_sizes, original_sizes)
 
+    def use_channels_last(self, enabled: bool = True) -> "FasterRCNN":
+        """Run the backbone and the RPN head in channels-last memory format (NHWC), training or
+        inference: on CPU oneDNN's convolutions are faster so, and the RoI ops read it in place."""
+        fmt = torch.channels_last if enabled else torch.contiguous_format
+        self.channels_last = enabled
+        self.backbone.to(memory_format=fmt)
+        self.rpn.head.to(memory_format=fmt)
+        return self
+
     def optimize_for_inference(self, channels_last: bool = True, fold_batchnorm: bool = True) -> "FasterRCNN":
-        """Run the backbone in channels-last memory format and fold FrozenBatchNorm2d into the convs
-        (inference only: the folded model's ``state_dict`` keys differ). Returns self, in eval mode."""
+        """Eval mode, backbone BatchNorm folded into the convs, channels-last backbone and RPN head.
+        Inference only (the folded model's ``state_dict`` keys differ). Returns self."""
         self.eval()
         if fold_batchnorm:
             fold_frozen_batchnorm_(self.backbone)
         if channels_last:
-            self.channels_last = True
-            self.backbone.to(memory_format=torch.channels_last)
-            self.rpn.head.to(memory_format=torch.channels_last)
+            self.use_channels_last(True)
         return self
 
 
