@@ -257,6 +257,11 @@ def test_one_line_errors(data, tiny, tmp_path, capsys):
     ck["state_dict"]["conv.weight"] = torch.zeros(2, 3, 3, 3)
     save_checkpoint(str(tmp_path / "mismatch.pt"), {k: v for k, v in ck.items() if k not in ("format", "version")})
     assert "mismatch.pt: weights do not fit model 'tiny'" in err(evaluate.main, ["--checkpoint", tmp_path / "mismatch.pt", *ev])
+    ck = load_checkpoint(str(run / "last.pt"))
+    ck["model"] = "ghost"
+    save_checkpoint(str(tmp_path / "ghost.pt"), {k: v for k, v in ck.items() if k not in ("format", "version")})
+    assert "ghost.pt: checkpoint of model 'ghost', which this pydetops does not have" in err(
+        predict.main, ["--checkpoint", tmp_path / "ghost.pt", "--out", tmp_path / "p", data / "val/images/000001.png"])
     # a dataset with other categories than the checkpoint's
     other = json.loads((data / "val" / "annotations.json").read_text())
     other["categories"][0]["name"] = "square"

@@ -34,7 +34,7 @@ def plot_pr_curves(curves: Dict[str, Sequence[float]], path: str, title: str = "
     ax.set_title(title)
     ax.grid(alpha=0.3)
     if curves:
-        ax.legend(loc="lower left", fontsize=8)
+        ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
     _save(fig, path)
     plt.close(fig)
