@@ -233,3 +233,24 @@ def test_torchvision_default_state_dict_keys():
         assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in theirs.state_dict().items()}
         assert ours.rpn.anchor_generator.num_anchors_per_location() == theirs.rpn.anchor_generator.num_anchors_per_location()
         assert ours.rpn.score_thresh == theirs.rpn.score_thresh
+
+
+def test_weights_backbone_from_a_classification_checkpoint(tmp_path):
+    from pydetops.models.backbones import MobileNetV3Large
+    trunk = MobileNetV3Large()
+    state = {f"features.{k}": v + 0.5 for k, v in trunk.state_dict().items()}  # torchvision's classifier keys
+    state["classifier.0.weight"] = torch.zeros(1280, 960)
+    torch.save(state, tmp_path / "mnv3.pt")
+    model = fasterrcnn_mobilenet_v3_large_fpn(weights_backbone=str(tmp_path / "mnv3.pt"), num_classes=3)
+    body = model.backbone.body.state_dict()
+    for k in body:
+        if not k.endswith("num_batches_tracked"):
+            assert torch.equal(body[k], state["features." + k]), k
+    # a trained backbone: frozen BatchNorm and the top 3 stages train (as torchvision)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    assert not model.backbone.body[6].block[0][0].weight.requires_grad
+    assert model.backbone.body[7].block[0][0].weight.requires_grad
+    del state["features.0.0.weight"]
+    torch.save(state, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match="weights_backbone"):
+        fasterrcnn_mobilenet_v3_large_fpn(weights_backbone=str(tmp_path / "bad.pt"))
