@@ -211,8 +211,10 @@ def test_torchvision_weights_give_the_same_detections(name):
     assert _compare_detections(ours, theirs, _images()) > 0
 
 
-def test_torchvision_training_losses_match():
-    ours, theirs = _pair("fasterrcnn_mobilenet_v3_large_fpn", num_classes=3, **_SMALL)
+@pytest.mark.parametrize("name", ["fasterrcnn_resnet50_fpn", "fasterrcnn_mobilenet_v3_large_fpn"])
+def test_torchvision_training_losses_match(name):
+    # same seed: the same random image-size draw and the same sampled anchors / RoIs
+    ours, theirs = _pair(name, num_classes=3, **_SMALL)
     ours.train()
     theirs.train()
     torch.manual_seed(7)
