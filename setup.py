@@ -142,7 +142,9 @@ setup(
     ext_modules=[CMakeExtension("pydetops._C")],
     cmdclass={"build_ext": CMakeBuild},
     python_requires=">=3.10",
-    install_requires=["numpy"],  # torch is deliberately not listed: we build against yours
+    # torch is deliberately not listed: we build against yours. The rest serve the model
+    # layer (images, COCO masks and metrics, plots, progress bars).
+    install_requires=["numpy", "Pillow", "pycocotools", "matplotlib", "tqdm"],
     # pydetops.onnx (export to standard ONNX ops, checked with onnxruntime).
     extras_require={"onnx": ["onnx", "onnxruntime", "onnxscript"]},
     zip_safe=False,

@@ -1,0 +1,525 @@
+"""Backbones and the feature pyramid: ResNet-18/50, MobileNetV3-Large, a tiny CNN, FPN.
+
+Every module here has torchvision's parameter names, so a detector built from them has the
+``state_dict`` keys of torchvision's (``backbone.body.layer1.0.conv1.weight``,
+``backbone.fpn.inner_blocks.0.0.weight``, ...) without importing torchvision.
+
+Feature maps are ``Tensor[N, C, H, W]``; a backbone's ``forward`` returns an ordered dict
+``name -> feature map`` (finest first), and ``out_channels`` is the channels of every map.
+"""
+from collections import OrderedDict
+from typing import Callable, Dict, List, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "FrozenBatchNorm2d",
+    "ConvNormAct",
+    "ResNet",
+    "resnet18",
+    "resnet50",
+    "MobileNetV3Large",
+    "TinyCNN",
+    "FeaturePyramidNetwork",
+    "LastLevelMaxPool",
+    "BackboneWithFPN",
+    "resnet_fpn_backbone",
+    "mobilenet_v3_fpn_backbone",
+    "fold_frozen_batchnorm_",
+    "norm_layer_by_name",
+]
+
+
+# ---------------------------------------------------------------------------
+# normalisation
+# ---------------------------------------------------------------------------
+
+
+class FrozenBatchNorm2d(nn.Module):
+    """BatchNorm2d with fixed statistics and affine parameters (torchvision's semantics).
+
+    ``y = (x - running_mean) / sqrt(running_var + eps) * weight + bias`` per channel; all four
+    are buffers (never trained). A BatchNorm2d checkpoint loads into it (its
+    ``num_batches_tracked`` is dropped).
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.register_buffer("weight", torch.ones(num_features))
+        self.register_buffer("bias", torch.zeros(num_features))
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.ones(num_features))
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        state_dict.pop(prefix + "num_batches_tracked", None)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
+    def scale_shift(self):
+        scale = self.weight * (self.running_var + self.eps).rsqrt()
+        return scale, self.bias - self.running_mean * scale
+
+    def forward(self, x: Tensor) -> Tensor:
+        scale, shift = self.scale_shift()
+        return x * scale.reshape(1, -1, 1, 1) + shift.reshape(1, -1, 1, 1)
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[0]}, eps={self.eps}"
+
+
+def _group_norm(num_features: int) -> nn.GroupNorm:
+    groups = 32
+    while num_features % groups:
+        groups //= 2
+    return nn.GroupNorm(groups, num_features)
+
+
+def norm_layer_by_name(name: str) -> Callable[[int], nn.Module]:
+    """'frozen' (FrozenBatchNorm2d), 'batch' (BatchNorm2d) or 'group' (GroupNorm, up to 32 groups:
+    no batch statistics, so it trains the same with any batch split)."""
+    table = {"frozen": FrozenBatchNorm2d, "batch": nn.BatchNorm2d, "group": _group_norm}
+    if name not in table:
+        raise ValueError(f"norm must be one of {sorted(table)}, got {name!r}")
+    return table[name]
+
+
+class ConvNormAct(nn.Sequential):
+    """conv (index 0) -> norm (1) -> activation, torchvision's ``Conv2dNormActivation`` layout."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
+                 groups: int = 1, norm_layer: Optional[Callable[..., nn.Module]] = nn.BatchNorm2d,
+                 activation_layer: Optional[Callable[..., nn.Module]] = nn.ReLU, bias: Optional[bool] = None):
+        padding = (kernel_size - 1) // 2
+        if bias is None:
+            bias = norm_layer is None
+        layers: List[nn.Module] = [nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding,
+                                             groups=groups, bias=bias)]
+        if norm_layer is not None:
+            layers.append(norm_layer(out_channels))
+        if activation_layer is not None:
+            layers.append(activation_layer(inplace=True))
+        super().__init__(*layers)
+        self.out_channels = out_channels
+
+
+# ---------------------------------------------------------------------------
+# ResNet (He et al. 2016), torchvision's v1.5 (stride in the 3x3 conv)
+# ---------------------------------------------------------------------------
+
+
+def _conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+
+
+def _conv1x1(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, 1, stride, bias=False)
+
+
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, cin: int, width: int, stride: int, downsample: Optional[nn.Module], norm_layer):
+        super().__init__()
+        self.conv1 = _conv3x3(cin, width, stride)
+        self.bn1 = norm_layer(width)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = _conv3x3(width, width)
+        self.bn2 = norm_layer(width)
+        self.downsample = downsample
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + identity)
+
+
+class Bottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, cin: int, width: int, stride: int, downsample: Optional[nn.Module], norm_layer):
+        super().__init__()
+        self.conv1 = _conv1x1(cin, width)
+        self.bn1 = norm_layer(width)
+        self.conv2 = _conv3x3(width, width, stride)
+        self.bn2 = norm_layer(width)
+        self.conv3 = _conv1x1(width, width * 4)
+        self.bn3 = norm_layer(width * 4)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + identity)
+
+
+class ResNet(nn.Module):
+    """ResNet trunk without the classifier: conv1, bn1, relu, maxpool, layer1..layer4.
+
+    ``forward(x: Tensor[N, 3, H, W])`` returns ``OrderedDict`` ``"layer1"``..``"layer4"`` with
+    strides 4, 8, 16, 32. ``channels`` lists their channel counts.
+    """
+
+    def __init__(self, block, layers: Sequence[int], norm_layer: Callable[[int], nn.Module] = nn.BatchNorm2d):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
+        self.bn1 = norm_layer(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        cin = 64
+        self.channels: List[int] = []
+        for i, (n, width) in enumerate(zip(layers, (64, 128, 256, 512))):
+            stride = 1 if i == 0 else 2
+            downsample = None
+            if stride != 1 or cin != width * block.expansion:
+                downsample = nn.Sequential(_conv1x1(cin, width * block.expansion, stride),
+                                           norm_layer(width * block.expansion))
+            blocks = [block(cin, width, stride, downsample, norm_layer)]
+            cin = width * block.expansion
+            blocks += [block(cin, width, 1, None, norm_layer) for _ in range(1, n)]
+            setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
+            self.channels.append(cin)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: Tensor) -> Dict[str, Tensor]:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        out: Dict[str, Tensor] = OrderedDict()
+        for name in ("layer1", "layer2", "layer3", "layer4"):
+            x = getattr(self, name)(x)
+            out[name] = x
+        return out
+
+
+def resnet18(norm_layer: Callable[[int], nn.Module] = nn.BatchNorm2d) -> ResNet:
+    return ResNet(BasicBlock, (2, 2, 2, 2), norm_layer)
+
+
+def resnet50(norm_layer: Callable[[int], nn.Module] = nn.BatchNorm2d) -> ResNet:
+    return ResNet(Bottleneck, (3, 4, 6, 3), norm_layer)
+
+
+# ---------------------------------------------------------------------------
+# MobileNetV3-Large (Howard et al. 2019), torchvision's layout
+# ---------------------------------------------------------------------------
+
+
+def _make_divisible(v: float, divisor: int = 8) -> int:
+    new_v = max(divisor, int(v + divisor / 2) // divisor * divisor)
+    if new_v < 0.9 * v:
+        new_v += divisor
+    return new_v
+
+
+class SqueezeExcitation(nn.Module):
+    """x * hardsigmoid(fc2(relu(fc1(avgpool(x))))) with 1x1 convs fc1, fc2."""
+
+    def __init__(self, channels: int, squeeze: int):
+        super().__init__()
+        self.fc1 = nn.Conv2d(channels, squeeze, 1)
+        self.fc2 = nn.Conv2d(squeeze, channels, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        s = F.adaptive_avg_pool2d(x, 1)
+        s = F.hardsigmoid(self.fc2(F.relu(self.fc1(s))), inplace=True)
+        return x * s
+
+
+class InvertedResidual(nn.Module):
+    """expand 1x1 -> depthwise kxk (stride) -> [squeeze-excitation] -> project 1x1 (+ input when shapes allow)."""
+
+    def __init__(self, cin: int, kernel: int, expanded: int, cout: int, use_se: bool, act: str, stride: int,
+                 norm_layer):
+        super().__init__()
+        activation = nn.Hardswish if act == "HS" else nn.ReLU
+        layers: List[nn.Module] = []
+        if expanded != cin:
+            layers.append(ConvNormAct(cin, expanded, 1, norm_layer=norm_layer, activation_layer=activation))
+        layers.append(ConvNormAct(expanded, expanded, kernel, stride, groups=expanded, norm_layer=norm_layer,
+                                  activation_layer=activation))
+        if use_se:
+            layers.append(SqueezeExcitation(expanded, _make_divisible(expanded // 4, 8)))
+        layers.append(ConvNormAct(expanded, cout, 1, norm_layer=norm_layer, activation_layer=None))
+        self.block = nn.Sequential(*layers)
+        self.use_res_connect = stride == 1 and cin == cout
+        self.out_channels = cout
+        self.is_strided = stride > 1
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.block(x)
+        return out + x if self.use_res_connect else out
+
+
+# (input, kernel, expanded, output, squeeze-excitation, activation, stride)
+_MOBILENET_V3_LARGE = [
+    (16, 3, 16, 16, False, "RE", 1), (16, 3, 64, 24, False, "RE", 2), (24, 3, 72, 24, False, "RE", 1),
+    (24, 5, 72, 40, True, "RE", 2), (40, 5, 120, 40, True, "RE", 1), (40, 5, 120, 40, True, "RE", 1),
+    (40, 3, 240, 80, False, "HS", 2), (80, 3, 200, 80, False, "HS", 1), (80, 3, 184, 80, False, "HS", 1),
+    (80, 3, 184, 80, False, "HS", 1), (80, 3, 480, 112, True, "HS", 1), (112, 3, 672, 112, True, "HS", 1),
+    (112, 5, 672, 160, True, "HS", 2), (160, 5, 960, 160, True, "HS", 1), (160, 5, 960, 160, True, "HS", 1),
+]
+
+
+class MobileNetV3Large(nn.Sequential):
+    """torchvision's ``mobilenet_v3_large().features``: stem (0), 15 inverted residual blocks (1..15),
+    last 1x1 conv to 960 channels (16). Children are named "0".."16"."""
+
+    def __init__(self, norm_layer: Callable[[int], nn.Module] = nn.BatchNorm2d):
+        layers: List[nn.Module] = [ConvNormAct(3, 16, 3, 2, norm_layer=norm_layer, activation_layer=nn.Hardswish)]
+        for cfg in _MOBILENET_V3_LARGE:
+            layers.append(InvertedResidual(*cfg, norm_layer=norm_layer))
+        layers.append(ConvNormAct(160, 960, 1, norm_layer=norm_layer, activation_layer=nn.Hardswish))
+        super().__init__(*layers)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+
+# ---------------------------------------------------------------------------
+# a tiny CNN for training from scratch on a CPU
+# ---------------------------------------------------------------------------
+
+
+class TinyCNN(nn.Module):
+    """Five stages of two 3x3 convs (the first of stride 2), widths ``widths`` -> OrderedDict of the
+    last four stages' maps named "0".."3" (strides 4, 8, 16, 32); ``channels``: their widths."""
+
+    def __init__(self, widths: Sequence[int] = (16, 32, 64, 128, 128),
+                 norm_layer: Callable[[int], nn.Module] = _group_norm):
+        super().__init__()
+        if len(widths) != 5:
+            raise ValueError(f"widths must give 5 stage widths, got {len(widths)}")
+        stages: List[nn.Module] = []
+        cin = 3
+        for w in widths:
+            stages.append(nn.Sequential(ConvNormAct(cin, w, 3, 2, norm_layer=norm_layer),
+                                        ConvNormAct(w, w, 3, 1, norm_layer=norm_layer)))
+            cin = w
+        self.stages = nn.Sequential(*stages)
+        self.channels = list(widths[1:])
+
+    def forward(self, x: Tensor) -> Dict[str, Tensor]:
+        out: Dict[str, Tensor] = OrderedDict()
+        x = self.stages[0](x)
+        for i in range(1, 5):
+            x = self.stages[i](x)
+            out[str(i - 1)] = x
+        return out
+
+
+# ---------------------------------------------------------------------------
+# feature pyramid network (Lin et al. 2017)
+# ---------------------------------------------------------------------------
+
+
+class LastLevelMaxPool(nn.Module):
+    """Adds "pool": the coarsest map subsampled by 2 (max pool, kernel 1), for the RPN's P6."""
+
+    def forward(self, results: List[Tensor], names: List[str]):
+        names.append("pool")
+        results.append(F.max_pool2d(results[-1], 1, 2, 0))
+        return results, names
+
+
+class FeaturePyramidNetwork(nn.Module):
+    """Top-down pathway with lateral 1x1 connections and 3x3 output convs.
+
+    ``forward(x: OrderedDict name -> Tensor[N, C_i, H_i, W_i], finest first)`` returns an
+    OrderedDict with the same names (plus "pool" with ``LastLevelMaxPool``), every map with
+    ``out_channels`` channels: P_i = conv3x3(lateral_i(C_i) + nearest-upsample(inner_{i+1})).
+    """
+
+    def __init__(self, in_channels_list: List[int], out_channels: int, extra_blocks: Optional[nn.Module] = None):
+        super().__init__()
+        self.inner_blocks = nn.ModuleList(
+            [ConvNormAct(c, out_channels, 1, norm_layer=None, activation_layer=None) for c in in_channels_list])
+        self.layer_blocks = nn.ModuleList(
+            [ConvNormAct(out_channels, out_channels, 3, norm_layer=None, activation_layer=None)
+             for _ in in_channels_list])
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_uniform_(m.weight, a=1)
+                nn.init.zeros_(m.bias)
+        self.extra_blocks = extra_blocks
+
+    def forward(self, x: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        names = list(x.keys())
+        feats = list(x.values())
+        last_inner = self.inner_blocks[-1](feats[-1])
+        results = [self.layer_blocks[-1](last_inner)]
+        for idx in range(len(feats) - 2, -1, -1):
+            lateral = self.inner_blocks[idx](feats[idx])
+            top_down = F.interpolate(last_inner, size=lateral.shape[-2:], mode="nearest")
+            last_inner = lateral + top_down
+            results.insert(0, self.layer_blocks[idx](last_inner))
+        if self.extra_blocks is not None:
+            results, names = self.extra_blocks(results, names)
+        return OrderedDict(zip(names, results))
+
+
+class BackboneWithFPN(nn.Module):
+    """``body`` (a trunk returning named maps) followed by ``fpn``; ``out_channels`` per map.
+
+    ``body`` holds the trunk's modules directly (torchvision's names: ``body.conv1``,
+    ``body.layer1`` or ``body.0`` .. ``body.16``), ``fpn`` the pyramid.
+    """
+
+    def __init__(self, body: nn.Module, in_channels_list: List[int], out_channels: int,
+                 extra_blocks: Optional[nn.Module] = None):
+        super().__init__()
+        self.body = body
+        self.fpn = FeaturePyramidNetwork(in_channels_list, out_channels,
+                                         LastLevelMaxPool() if extra_blocks is None else extra_blocks)
+        self.out_channels = out_channels
+
+    def forward(self, x: Tensor) -> Dict[str, Tensor]:
+        return self.fpn(self.body(x))
+
+
+class _ResNetBody(nn.Module):
+    """The ResNet trunk up to the last returned layer (torchvision's IntermediateLayerGetter):
+    children conv1, bn1, relu, maxpool, layer1..layerK; returns the layers in ``return_layers``."""
+
+    def __init__(self, resnet: nn.Module, return_layers: Dict[str, str]):
+        super().__init__()
+        last = max(int(k[-1]) for k in return_layers)
+        for name, module in resnet.named_children():
+            if name.startswith("layer") and int(name[-1]) > last:
+                break
+            self.add_module(name, module)
+        self.return_layers = dict(return_layers)
+        self._stem = [n for n, _ in self.named_children() if not n.startswith("layer")]
+        self._layers = [n for n, _ in self.named_children() if n.startswith("layer")]
+
+    def forward(self, x: Tensor) -> Dict[str, Tensor]:
+        for name in self._stem:
+            x = getattr(self, name)(x)
+        out: Dict[str, Tensor] = OrderedDict()
+        for name in self._layers:
+            x = getattr(self, name)(x)
+            if name in self.return_layers:
+                out[self.return_layers[name]] = x
+        return out
+
+
+class _SequentialBody(nn.Sequential):
+    """A Sequential trunk cut after its last returned child; returns the children in ``return_layers``."""
+
+    def __init__(self, seq: nn.Sequential, return_layers: Dict[str, str]):
+        last = max(int(k) for k in return_layers)
+        super().__init__(*list(seq.children())[: last + 1])
+        self.return_layers = dict(return_layers)
+
+    def forward(self, x: Tensor) -> Dict[str, Tensor]:
+        out: Dict[str, Tensor] = OrderedDict()
+        for i, module in enumerate(self):
+            x = module(x)
+            if str(i) in self.return_layers:
+                out[self.return_layers[str(i)]] = x
+        return out
+
+
+def resnet_fpn_backbone(depth: int = 50, norm_layer: Callable[[int], nn.Module] = FrozenBatchNorm2d,
+                        trainable_layers: int = 3, returned_layers: Optional[List[int]] = None,
+                        out_channels: int = 256, fpn: bool = True) -> nn.Module:
+    """ResNet-18/50 + FPN (P2..P5 named "0".."3" + "pool"), torchvision's ``_resnet_fpn_extractor``.
+
+    ``trainable_layers`` (0..5): how many of layer4, layer3, layer2, layer1, conv1 (from the top) train;
+    5 also trains bn1. Without ``fpn``: the trunk's layer4 as one map "0" (``out_channels`` = its channels).
+    """
+    if depth not in (18, 50):
+        raise ValueError(f"depth must be 18 or 50, got {depth}")
+    if not 0 <= trainable_layers <= 5:
+        raise ValueError(f"trainable_layers must be in [0, 5], got {trainable_layers}")
+    trunk = resnet18(norm_layer) if depth == 18 else resnet50(norm_layer)
+    layers_to_train = ["layer4", "layer3", "layer2", "layer1", "conv1"][:trainable_layers]
+    if trainable_layers == 5:
+        layers_to_train.append("bn1")
+    for name, p in trunk.named_parameters():
+        if all(not name.startswith(layer) for layer in layers_to_train):
+            p.requires_grad_(False)
+    if not fpn:
+        body = _ResNetBody(trunk, {"layer4": "0"})
+        body.out_channels = trunk.channels[-1]
+        return body
+    if returned_layers is None:
+        returned_layers = [1, 2, 3, 4]
+    if min(returned_layers) < 1 or max(returned_layers) > 4:
+        raise ValueError(f"returned_layers must be in [1, 4], got {returned_layers}")
+    return_layers = {f"layer{k}": str(v) for v, k in enumerate(returned_layers)}
+    in_channels = [trunk.channels[k - 1] for k in returned_layers]
+    return BackboneWithFPN(_ResNetBody(trunk, return_layers), in_channels, out_channels)
+
+
+def mobilenet_v3_fpn_backbone(norm_layer: Callable[[int], nn.Module] = FrozenBatchNorm2d, trainable_layers: int = 3,
+                              out_channels: int = 256) -> BackboneWithFPN:
+    """MobileNetV3-Large features + FPN on the last two stages (strides 16, 32; "0", "1", + "pool"),
+    torchvision's ``_mobilenet_extractor(fpn=True)``. ``trainable_layers`` in [0, 6] counts stages
+    from the top."""
+    if not 0 <= trainable_layers <= 6:
+        raise ValueError(f"trainable_layers must be in [0, 6], got {trainable_layers}")
+    features = MobileNetV3Large(norm_layer)
+    stage_indices = [0] + [i for i, b in enumerate(features) if getattr(b, "is_strided", False)] + [len(features) - 1]
+    num_stages = len(stage_indices)
+    freeze_before = len(features) if trainable_layers == 0 else stage_indices[num_stages - trainable_layers]
+    for b in list(features)[:freeze_before]:
+        for p in b.parameters():
+            p.requires_grad_(False)
+    returned = [num_stages - 2, num_stages - 1]
+    return_layers = {str(stage_indices[k]): str(v) for v, k in enumerate(returned)}
+    in_channels = [features[stage_indices[k]].out_channels for k in returned]
+    return BackboneWithFPN(_SequentialBody(features, return_layers), in_channels, out_channels)
+
+
+# ---------------------------------------------------------------------------
+# inference speed-up: fold FrozenBatchNorm2d into the preceding conv
+# ---------------------------------------------------------------------------
+
+
+def fold_frozen_batchnorm_(module: nn.Module) -> nn.Module:
+    """Fold every (Conv2d, norm) pair of ``module`` in place, where the norm is a FrozenBatchNorm2d
+    or a BatchNorm2d in eval mode (its running statistics): the conv gets ``weight * scale`` and
+    ``bias = shift (+ bias * scale)``, the norm becomes Identity.
+
+    Only for inference (the folded weights are new, frozen Parameters); the ``state_dict`` keys
+    change (norm buffers gone, conv biases appear), so do it after loading. Returns ``module``.
+    """
+    for parent in list(module.modules()):
+        names = [n for n, _ in parent.named_children()]
+        for i in range(1, len(names)):
+            conv, bn = getattr(parent, names[i - 1]), getattr(parent, names[i])
+            foldable = isinstance(bn, FrozenBatchNorm2d) or (
+                isinstance(bn, nn.BatchNorm2d) and not bn.training and bn.track_running_stats)
+            if foldable and isinstance(conv, nn.Conv2d):
+                _fold(conv, bn)
+                setattr(parent, names[i], nn.Identity())
+    return module
+
+
+@torch.no_grad()
+def _fold(conv: nn.Conv2d, bn: nn.Module) -> None:
+    if isinstance(bn, FrozenBatchNorm2d):
+        scale, shift = bn.scale_shift()
+    else:
+        scale = bn.weight * (bn.running_var + bn.eps).rsqrt()
+        shift = bn.bias - bn.running_mean * scale
+    conv.weight = nn.Parameter(conv.weight * scale.reshape(-1, 1, 1, 1), requires_grad=False)
+    bias = shift if conv.bias is None else conv.bias * scale + shift
+    conv.bias = nn.Parameter(bias, requires_grad=False)
+
