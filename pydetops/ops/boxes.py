@@ -41,9 +41,24 @@ def box_convert(boxes: Tensor, in_fmt: str, out_fmt: str) -> Tensor:
     return torch.ops.pydetops.box_convert(boxes, in_fmt, out_fmt)
 
 
+@torch.jit.unused
+def _check_image_size(size) -> None:
+    if isinstance(size, (str, bytes)) or not hasattr(size, "__len__") or len(size) != 2:
+        raise ValueError(f"size must be (height, width), got {size!r}")
+    for v in size:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) and not (isinstance(v, Tensor) and v.numel() == 1):
+            raise TypeError(f"size must be two numbers (height, width), got {size!r}")
+
+
 def clip_boxes_to_image(boxes: Tensor, size: Tuple[int, int]) -> Tensor:
-    """Clip Tensor[..., 4] (x1, y1, x2, y2) boxes to an image of ``size = (height, width)``."""
-    return torch.ops.pydetops.clip_boxes_to_image(boxes, [int(size[0]), int(size[1])])
+    """Clip Tensor[..., 4] (x1, y1, x2, y2) boxes to an image of ``size = (height, width)``.
+
+    Sizes may be ints or floats (clipped to exactly that value, as torchvision); anything but two
+    finite numbers >= 0 raises ValueError naming ``size``.
+    """
+    if not torch.jit.is_scripting():
+        _check_image_size(size)
+    return torch.ops.pydetops.clip_boxes_to_image(boxes, [float(size[0]), float(size[1])])
 
 
 def remove_small_boxes(boxes: Tensor, min_size: float) -> Tensor:
