@@ -60,6 +60,9 @@ def main():
     try:
         print(f"threads={a.threads} busy_core={a.busy_core} load={os.getloadavg()[0]:.1f}")
         for name, fn in cases().items():
+            # Let the worker threads of anything that ran before (setup, the previous op) go idle
+            # first: OpenMP workers spin after a region and would compete with this op.
+            time.sleep(1.0)
             for _ in range(5):
                 fn()
             t = []
