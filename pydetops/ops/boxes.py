@@ -80,7 +80,9 @@ def box_overlaps(boxes1: Tensor, boxes2: Tensor, mode: str = "iou", aligned: boo
             csrc/common/box_overlap_math.h); in matrix form the IoU term has none.
 
     Returns float64 for float64 boxes, otherwise float32 (as torchvision's functions and losses,
-    which upcast float16/bfloat16/integer boxes).
+    which upcast float16/bfloat16/integer boxes). int32/int64 boxes are computed in float64
+    (float32 cannot hold their coordinates beyond 2**24) and rounded to float32 at the end.
+    Differentiable twice: under ``create_graph=True`` the backward is itself differentiable.
     """
     return torch.ops.pydetops.box_overlaps(boxes1, boxes2, mode, aligned, eps)
 
