@@ -3,6 +3,8 @@
 #include <torch/autograd.h>
 #include <torch/library.h>
 
+#include "autograd/double_backward.h"
+
 #include "ops/conv_transpose2d.h"
 
 namespace pydetops {
@@ -32,13 +34,29 @@ class ConvTranspose2dFunction : public torch::autograd::Function<ConvTranspose2d
                                       has_bias && ctx->needs_input_grad(2)};
     at::Tensor grad_input, grad_weight, grad_bias;
     if (grad_outputs[0].defined() && (mask[0] || mask[1] || mask[2])) {
-      auto grads = pydetops::conv_transpose2d_backward(
-          grad_outputs[0], saved[0], saved[1], ctx->saved_data["stride"].toIntVector(),
-          ctx->saved_data["padding"].toIntVector(), ctx->saved_data["output_padding"].toIntVector(),
-          ctx->saved_data["groups"].toInt(), ctx->saved_data["dilation"].toIntVector(), mask);
+      // create_graph=True: the gradients are computed without a graph and tied to a
+      // node that raises when differentiated (double backward is not supported).
+      const at::Tensor& g = grad_outputs[0];
+      const bool graph = at::GradMode::is_enabled() &&
+                         (g.requires_grad() || saved[0].requires_grad() || saved[1].requires_grad());
+      std::tuple<at::Tensor, at::Tensor, at::Tensor> grads;
+      {
+        at::AutoGradMode no_graph(false);
+        grads = pydetops::conv_transpose2d_backward(
+            g, saved[0], saved[1], ctx->saved_data["stride"].toIntVector(),
+            ctx->saved_data["padding"].toIntVector(), ctx->saved_data["output_padding"].toIntVector(),
+            ctx->saved_data["groups"].toInt(), ctx->saved_data["dilation"].toIntVector(), mask);
+      }
       if (mask[0]) grad_input = std::get<0>(grads);
       if (mask[1]) grad_weight = std::get<1>(grads);
       if (mask[2]) grad_bias = std::get<2>(grads);
+      if (graph) {
+        const at::Tensor& anchor = g.requires_grad() ? g : (saved[0].requires_grad() ? saved[0] : saved[1]);
+        auto tied = guard_double_backward("conv_transpose2d", anchor, {grad_input, grad_weight, grad_bias});
+        grad_input = tied[0];
+        grad_weight = tied[1];
+        grad_bias = tied[2];
+      }
     }
     return {grad_input, grad_weight, grad_bias, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }

@@ -63,8 +63,11 @@ PYDETOPS_HOST_DEVICE inline RoIAlignBox<T> roi_align_box(T x1, T y1, T x2, T y2,
   }
   b.bin_h = roi_h / static_cast<T>(pooled_h);
   b.bin_w = roi_w / static_cast<T>(pooled_w);
-  // Non-finite boxes (or ones whose projection overflows T) are invalid.
+  // Non-finite boxes (or ones whose projection overflows T) are invalid. The
+  // far corner is tested on its own: with aligned=False the 1x1 clamp above
+  // would turn a NaN or -inf extent into a finite 1 and pool a strip.
   b.valid = std::isfinite(static_cast<double>(b.start_h)) && std::isfinite(static_cast<double>(b.start_w)) &&
+            std::isfinite(static_cast<double>(end_h)) && std::isfinite(static_cast<double>(end_w)) &&
             std::isfinite(static_cast<double>(b.bin_h)) && std::isfinite(static_cast<double>(b.bin_w));
   if (!b.valid) {
     b.grid_h = b.grid_w = 0;

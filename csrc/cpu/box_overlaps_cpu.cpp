@@ -135,11 +135,11 @@ at::Tensor box_overlaps_cpu(const at::Tensor& boxes1, const at::Tensor& boxes2, 
                             bool aligned, double eps) {
   check_box_overlaps_args(boxes1, boxes2, aligned, eps);
   const OverlapMode mode = parse_overlap_mode(mode_name);
-  const auto acc_type = accumulate_type_of(boxes1.scalar_type());
+  const auto acc_type = box_overlaps_compute_type(boxes1.scalar_type());
   const auto out_type = box_overlaps_result_type(boxes1.scalar_type(), aligned);
   const int64_t n = boxes1.size(0), m = boxes2.size(0);
-  at::Tensor out = at::empty(aligned ? at::IntArrayRef{n} : at::IntArrayRef{n, m}, boxes1.options().dtype(out_type));
-  if (out.numel() == 0) return out;
+  at::Tensor out = at::empty(aligned ? at::IntArrayRef{n} : at::IntArrayRef{n, m}, boxes1.options().dtype(acc_type));
+  if (out.numel() == 0) return out.to(out_type);
   const at::Tensor a = boxes1.to(acc_type).contiguous();
 
   AT_DISPATCH_FLOATING_TYPES(acc_type, "box_overlaps_cpu", [&] {
@@ -159,7 +159,7 @@ at::Tensor box_overlaps_cpu(const at::Tensor& boxes1, const at::Tensor& boxes2, 
       }
     });
   });
-  return out;
+  return out.to(out_type);  // no-op unless integer boxes were computed in float64
 }
 
 // Backward of the matrix form without races and bit-identical for any thread

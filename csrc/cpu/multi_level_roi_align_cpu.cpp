@@ -16,6 +16,7 @@ at::Tensor multi_level_roi_align_cpu(at::TensorList features, const at::Tensor& 
                                      at::ArrayRef<double> spatial_scales, int64_t pooled_height, int64_t pooled_width,
                                      int64_t sampling_ratio, bool aligned) {
   check_multi_level_args(features, boxes, levels, spatial_scales, pooled_height, pooled_width);
+  check_sampling_ratio(sampling_ratio);
   const at::Tensor& f0 = features[0];
   const int64_t K = boxes.size(0), C = f0.size(1);
   at::Tensor out = at::zeros({K, C, pooled_height, pooled_width}, f0.options());
@@ -45,6 +46,7 @@ std::vector<at::Tensor> multi_level_roi_align_backward_cpu(const at::Tensor& gra
                     "heights, widths and spatial_scales must have one entry per level, got ", heights.size(), ", ",
                     widths.size(), " and ", spatial_scales.size());
   check_roi_pool_args(1.0, pooled_height, pooled_width);
+  check_sampling_ratio(sampling_ratio);
   for (int64_t l = 0; l < L; ++l) {
     TORCH_CHECK_VALUE(heights[l] >= 0 && widths[l] >= 0, "heights and widths must be >= 0");
     TORCH_CHECK_VALUE(std::isfinite(spatial_scales[l]) && spatial_scales[l] > 0,

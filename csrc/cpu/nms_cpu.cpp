@@ -44,6 +44,7 @@
 #include <utility>
 #include <vector>
 
+#include "cpu/parallel_grain.h"
 #include "common/checks.h"
 #include "common/nms_math.h"
 #include "ops/nms.h"
@@ -208,7 +209,12 @@ void greedy_nms(const T* boxes, const int64_t* order, int64_t n, T thr, uint8_t*
     keep[r] = 1;
     const T bx1 = x1[p], by1 = y1[p], bx2 = x2[p], by2 = y2[p], ba = area[p];
     ix.for_each_candidate_range(p, [&](int64_t lo, int64_t hi) {
-      constexpr int64_t kParallelRange = 1 << 16;
+      // A parallel region per kept box pays only when the range is long enough
+      // to hide a join that waits for a descheduled partner thread (one
+      // scheduler slice, a few ms, when another process holds a core): at
+      // about 1 ns a box that is some 8M boxes. Below it one thread is faster
+      // alone and does not depend on the load (benchmarks/NOTES.md, "Hardening").
+      constexpr int64_t kParallelRange = 1 << 23;
       if (hi - lo >= kParallelRange && !at::in_parallel_region()) {
         // Disjoint flag writes: the same result for any number of threads.
         at::parallel_for(lo, hi, kParallelRange / 2, [&](int64_t b, int64_t e) {
@@ -311,7 +317,9 @@ at::Tensor batched_nms_cpu(const at::Tensor& boxes, const at::Tensor& scores, co
     const scalar_t* bp = b.data_ptr<scalar_t>();
     const scalar_t thr = threshold_for<scalar_t>(iou_threshold);
     // Each class writes only its own part of keep_grouped.
-    at::parallel_for(0, nseg, 1, [&](int64_t sb, int64_t se) {
+    // Classes in parallel only when there is enough work (about 64 element
+    // operations a box: sort, index, suppression tests) to pay for a region.
+    at::parallel_for(0, nseg, cpu::grain_for_total(nseg, static_cast<double>(n) * 64.0), [&](int64_t sb, int64_t se) {
       for (int64_t k = sb; k < se; ++k) {
         const int64_t start = seg_start[k];
         greedy_nms<scalar_t>(bp, grouped.data() + start, seg_start[k + 1] - start, thr, keep_grouped.data() + start);

@@ -119,6 +119,7 @@ void forward_kernel(const at::Tensor& input, const at::Tensor& rois, acc_t scale
 at::Tensor ps_roi_align_cpu(const at::Tensor& input, const at::Tensor& rois, double spatial_scale,
                             int64_t pooled_height, int64_t pooled_width, int64_t sampling_ratio) {
   const int64_t channels_out = check_ps_roi_args(input, rois, spatial_scale, pooled_height, pooled_width);
+  check_sampling_ratio(sampling_ratio);
   const auto acc_type = accumulate_type_of(input.scalar_type());
   const at::Tensor r = rois.to(acc_type).contiguous();
   check_roi_batch_indices(r, input.size(0));
@@ -177,6 +178,7 @@ at::Tensor ps_roi_align_backward_cpu(const at::Tensor& grad, const at::Tensor& r
   const int64_t channels_out = check_ps_roi_backward_args(grad, rois, spatial_scale, pooled_height, pooled_width,
                                                          batch_size, channels, height, width,
                                                          "_ps_roi_align_backward");
+  check_sampling_ratio(sampling_ratio);
   const auto acc_type = accumulate_type_of(grad.scalar_type());
   const at::Tensor r = rois.to(acc_type).contiguous();
   check_roi_batch_indices(r, batch_size);

@@ -15,6 +15,7 @@ namespace {
 at::Tensor roi_align_cpu(const at::Tensor& input, const at::Tensor& boxes, double spatial_scale,
                          int64_t pooled_height, int64_t pooled_width, int64_t sampling_ratio, bool aligned) {
   check_roi_align_args(input, boxes, spatial_scale, pooled_height, pooled_width);
+  check_sampling_ratio(sampling_ratio);
   const int64_t K = boxes.size(0), C = input.size(1);
   at::Tensor out = at::zeros({K, C, pooled_height, pooled_width}, input.options());
   if (out.numel() == 0 || input.numel() == 0) return out;
@@ -33,6 +34,7 @@ at::Tensor roi_align_backward_cpu(const at::Tensor& grad, const at::Tensor& boxe
                                   int64_t pooled_height, int64_t pooled_width, int64_t batch_size, int64_t channels,
                                   int64_t height, int64_t width, int64_t sampling_ratio, bool aligned) {
   check_roi_pool_args(spatial_scale, pooled_height, pooled_width);
+  check_sampling_ratio(sampling_ratio);
   TORCH_CHECK_VALUE(batch_size >= 0 && channels >= 0 && height >= 0 && width >= 0,
                     "the input sizes must be >= 0, got ", batch_size, ", ", channels, ", ", height, ", ", width);
   check_floating(grad, "grad");

@@ -26,6 +26,7 @@
 
 #include "common/checks.h"
 #include "common/roi_math.h"
+#include "cpu/parallel_grain.h"
 
 namespace pydetops {
 namespace cpu {
@@ -184,6 +185,7 @@ void roi_align_forward_kernel(const std::vector<at::Tensor>& feats, const std::v
 
   // Per group: read in place or transpose the block into a scratch first?
   std::vector<char> transpose(G, 0);
+  double total_taps = 0;  // samples of all bins (and transposed map cells), per channel
   for (int64_t g = 0; g < G; ++g) {
     const at::Tensor& f = feats[g / N];
     const int64_t H = f.size(2), W = f.size(3);
@@ -194,9 +196,12 @@ void roi_align_forward_kernel(const std::vector<at::Tensor>& feats, const std::v
               std::max<double>(1.0, std::min<double>(b.grid_w, W + 2));
     }
     transpose[g] = 2.0 * taps >= static_cast<double>(H * W);
+    total_taps += taps + (transpose[g] ? static_cast<double>(H * W) : 0.0);
   }
+  // 4 bilinear reads per tap and channel.
+  const int64_t grain = grain_for_total(G * nb, total_taps * 4.0 * static_cast<double>(C));
 
-  at::parallel_for(0, G * nb, 1, [&](int64_t t_begin, int64_t t_end) {
+  at::parallel_for(0, G * nb, grain, [&](int64_t t_begin, int64_t t_end) {
     AxisTaps<acc_t> ys, xs;
     Scratch scratch;
     for (int64_t t = t_begin; t < t_end; ++t) {
@@ -261,7 +266,13 @@ void roi_align_backward_kernel(const acc_t* grad, const acc_t* rois, int64_t K, 
   const RoIGroups groups = group_rois(rois, K, levels, L, N);
   const int64_t G = L * N, nb = (C + kChannelBlock - 1) / kChannelBlock;
   const int64_t ohw = p.pooled_h * p.pooled_w;
-  at::parallel_for(0, G * nb, 1, [&](int64_t t_begin, int64_t t_end) {
+  // Work: at least one sample per output bin and channel, 4 bilinear taps each;
+  // a fixed sampling_ratio gives its square. (Adaptive grids of large boxes
+  // are larger still: then the region is large enough to split anyway.)
+  const double samples = p.sampling_ratio > 0 ? static_cast<double>(p.sampling_ratio * p.sampling_ratio) : 4.0;
+  const int64_t grain =
+      grain_for_total(G * nb, static_cast<double>(K) * static_cast<double>(ohw) * static_cast<double>(C) * samples * 4.0);
+  at::parallel_for(0, G * nb, grain, [&](int64_t t_begin, int64_t t_end) {
     AxisTaps<acc_t> ys, xs;
     Scratch scratch;
     alignas(64) acc_t gv[kChannelBlock];

@@ -59,6 +59,11 @@ struct MaxVec<double> {
   using idx_t = int64_t;
 };
 
+// Bins pooled per call into the per-thread result buffers: those buffers hold
+// 256 B per bin (float: 4 value and 4 index vectors), so chunking keeps them at
+// 256 KB per thread whatever output_size / levels ask for.
+constexpr int64_t kMaxBinChunk = 1024;
+
 constexpr int kMaxVecs = 4;  // vectors per pixel of a block: 32 floats or 16 doubles
 template <typename acc_t>
 constexpr int64_t max_block_channels() {

@@ -20,6 +20,7 @@
 #include "common/checks.h"
 #include "common/roi_math.h"
 #include "cpu/roi_align_kernel.h"
+#include "cpu/parallel_grain.h"
 #include "cpu/roi_max_pool_kernel.h"
 #include "ops/roi_align.h"
 #include "ops/roi_pool.h"
@@ -59,11 +60,17 @@ void roi_pool_forward_kernel(const at::Tensor& input, const acc_t* rois, int64_t
   });
   const cpu::RoIGroups groups = cpu::group_rois(rois, K, nullptr, 1, N);
   const cpu::MaxBinsFn<cpu::MaxRule::kSkipNaN, acc_t> pool = cpu::pick_max_bins<cpu::MaxRule::kSkipNaN, acc_t>();
-  at::parallel_for(0, N * nb, 1, [&](int64_t t_begin, int64_t t_end) {
+  // Work: the block copies of the images that have RoIs, then each RoI's bins
+  // (at least one cell each) for every channel.
+  const double copy_work = static_cast<double>(std::min(N, K)) * static_cast<double>(H * W) * static_cast<double>(C);
+  const double bin_work = static_cast<double>(K) * static_cast<double>(ohw) * static_cast<double>(C) * 4.0;
+  at::parallel_for(0, N * nb, cpu::grain_for_total(N * nb, copy_work + bin_work), [&](int64_t t_begin,
+                                                                                          int64_t t_end) {
     cpu::AlignedBuffer<V> blk_buf, mt_buf;
     cpu::AlignedBuffer<I> it_buf;
-    V* const mt = mt_buf.get(ohw * cpu::kMaxVecs);
-    I* const it = it_buf.get(ohw * cpu::kMaxVecs);
+    const int64_t chunk = std::min<int64_t>(ohw, cpu::kMaxBinChunk);
+    V* const mt = mt_buf.get(chunk * cpu::kMaxVecs);
+    I* const it = it_buf.get(chunk * cpu::kMaxVecs);
     for (int64_t t = t_begin; t < t_end; ++t) {
       const int64_t n = t % N, c0 = (t / N) * CB, cbn = std::min(CB, C - c0);
       if (groups.begin[n] == groups.begin[n + 1]) continue;
@@ -73,14 +80,17 @@ void roi_pool_forward_kernel(const at::Tensor& input, const acc_t* rois, int64_t
       const idx_t* is = reinterpret_cast<const idx_t*>(it);
       for (int64_t i = groups.begin[n]; i < groups.begin[n + 1]; ++i) {
         const int64_t k = groups.order[i];
-        pool(blk, W, bins.data() + k * ohw, ohw, mt, it);
         scalar_t* o = out + (k * C + c0) * ohw;
         int32_t* a = argmax + (k * C + c0) * ohw;
-        for (int64_t c = 0; c < cbn; ++c)
-          for (int64_t cell = 0; cell < ohw; ++cell) {
-            o[c * ohw + cell] = static_cast<scalar_t>(ms[cell * CB + c]);
-            a[c * ohw + cell] = static_cast<int32_t>(is[cell * CB + c]);
-          }
+        for (int64_t cell0 = 0; cell0 < ohw; cell0 += chunk) {
+          const int64_t n_cells = std::min(chunk, ohw - cell0);
+          pool(blk, W, bins.data() + k * ohw + cell0, n_cells, mt, it);
+          for (int64_t c = 0; c < cbn; ++c)
+            for (int64_t cell = 0; cell < n_cells; ++cell) {
+              o[c * ohw + cell0 + cell] = static_cast<scalar_t>(ms[cell * CB + c]);
+              a[c * ohw + cell0 + cell] = static_cast<int32_t>(is[cell * CB + c]);
+            }
+        }
       }
     }
   });
@@ -129,7 +139,10 @@ at::Tensor roi_pool_backward_cpu(const at::Tensor& grad, const at::Tensor& boxes
     AT_DISPATCH_FLOATING_TYPES(acc_type, "roi_pool_backward_cpu", [&] {
       const scalar_t* gp = g.data_ptr<scalar_t>();
       scalar_t* out = gi.data_ptr<scalar_t>();
-      at::parallel_for(0, batch_size * nb, 1, [&](int64_t t_begin, int64_t t_end) {
+      const double work = static_cast<double>(K) * static_cast<double>(C) *
+                          static_cast<double>(pooled_height * pooled_width) * 2.0;
+      at::parallel_for(0, batch_size * nb, cpu::grain_for_total(batch_size * nb, work), [&](int64_t t_begin,
+                                                                                              int64_t t_end) {
         for (int64_t t = t_begin; t < t_end; ++t) {
           const int64_t n = t / nb, c0 = (t % nb) * kBlock, c1 = std::min(C, c0 + kBlock);
           for (int64_t i = begin[n]; i < begin[n + 1]; ++i) {

@@ -18,6 +18,7 @@
 #include "common/checks.h"
 #include "common/roi_pool_bins.h"
 #include "cpu/roi_groups_cpu.h"
+#include "cpu/parallel_grain.h"
 #include "cpu/roi_max_pool_kernel.h"
 #include "ops/psroi_spp_common.h"
 #include "ops/spp_pool.h"
@@ -69,11 +70,15 @@ void forward_kernel(const at::Tensor& input, const acc_t* r, const std::vector<B
   const std::vector<int64_t> lv(levels.begin(), levels.end());
   const RoisByImage groups = group_rois_by_image(r, num_rois, batch);
   const cpu::MaxBinsFn<cpu::MaxRule::kFirstNaN, acc_t> pool = cpu::pick_max_bins<cpu::MaxRule::kFirstNaN, acc_t>();
-  at::parallel_for(0, batch * nb, 1, [&](int64_t t_begin, int64_t t_end) {
+  const double work = static_cast<double>(std::min(batch, num_rois)) * static_cast<double>(height * width) *
+                          static_cast<double>(channels) +
+                      static_cast<double>(num_rois) * static_cast<double>(cells) * static_cast<double>(channels) * 4.0;
+  at::parallel_for(0, batch * nb, cpu::grain_for_total(batch * nb, work), [&](int64_t t_begin, int64_t t_end) {
     cpu::AlignedBuffer<V> blk_buf, mt_buf;
     cpu::AlignedBuffer<I> it_buf;
-    V* const mt = mt_buf.get(cells * cpu::kMaxVecs);
-    I* const it = it_buf.get(cells * cpu::kMaxVecs);
+    const int64_t chunk = std::min<int64_t>(cells, cpu::kMaxBinChunk);
+    V* const mt = mt_buf.get(chunk * cpu::kMaxVecs);
+    I* const it = it_buf.get(chunk * cpu::kMaxVecs);
     const acc_t* ms = reinterpret_cast<const acc_t*>(mt);
     const idx_t* is = reinterpret_cast<const idx_t*>(it);
     for (int64_t t = t_begin; t < t_end; ++t) {
@@ -83,17 +88,20 @@ void forward_kernel(const at::Tensor& input, const acc_t* r, const std::vector<B
       cpu::fill_max_block<scalar_t, acc_t>(in + n * sN + c0 * sC, sC, sH, sW, height, width, cbn, blk);
       for (int64_t q = groups.offset[n]; q < groups.offset[n + 1]; ++q) {
         const int64_t k = groups.order[q];
-        pool(blk, width, rects.data() + k * cells, cells, mt, it);
-        int64_t level_offset = 0;  // sum of l*l over the previous levels
-        for (const int64_t l : lv) {
-          const int64_t ll = l * l;
-          const int64_t base = k * channels * cells + channels * level_offset + c0 * ll;
-          for (int64_t c = 0; c < cbn; ++c)
-            for (int64_t p = 0; p < ll; ++p) {
-              out[base + c * ll + p] = static_cast<scalar_t>(ms[(level_offset + p) * CB + c]);
-              am[base + c * ll + p] = static_cast<int32_t>(is[(level_offset + p) * CB + c]);
+        // Cells in chunks of `chunk`; cell q of the RoI is cell p = q - level_offset of its level.
+        int64_t level_offset = 0, li = 0;  // level of the current cell, sum of l*l before it
+        for (int64_t q0 = 0; q0 < cells; q0 += chunk) {
+          const int64_t n_cells = std::min(chunk, cells - q0);
+          pool(blk, width, rects.data() + k * cells + q0, n_cells, mt, it);
+          for (int64_t q = q0; q < q0 + n_cells; ++q) {
+            while (q >= level_offset + lv[li] * lv[li]) level_offset += lv[li] * lv[li], ++li;
+            const int64_t ll = lv[li] * lv[li], p = q - level_offset;
+            const int64_t base = k * channels * cells + channels * level_offset + c0 * ll;
+            for (int64_t c = 0; c < cbn; ++c) {
+              out[base + c * ll + p] = static_cast<scalar_t>(ms[(q - q0) * CB + c]);
+              am[base + c * ll + p] = static_cast<int32_t>(is[(q - q0) * CB + c]);
             }
-          level_offset += ll;
+          }
         }
       }
     }

@@ -126,11 +126,13 @@ at::Tensor box_overlaps_cuda(const at::Tensor& boxes1, const at::Tensor& boxes2,
   check_box_overlaps_args(boxes1, boxes2, aligned, eps);
   const OverlapMode mode = parse_overlap_mode(mode_name);
   const c10::cuda::CUDAGuard guard(boxes1.device());
-  const auto acc_type = accumulate_type_of(boxes1.scalar_type());
+  const auto acc_type = box_overlaps_compute_type(boxes1.scalar_type());
   const auto out_type = box_overlaps_result_type(boxes1.scalar_type(), aligned);
+  // Integer boxes compute (and are stored) in float64, then cast to out_type.
+  const auto store_type = acc_type == at::kDouble ? at::kDouble : out_type;
   const int64_t n = boxes1.size(0), m = boxes2.size(0);
-  at::Tensor out = at::empty(aligned ? at::IntArrayRef{n} : at::IntArrayRef{n, m}, boxes1.options().dtype(out_type));
-  if (out.numel() == 0) return out;
+  at::Tensor out = at::empty(aligned ? at::IntArrayRef{n} : at::IntArrayRef{n, m}, boxes1.options().dtype(store_type));
+  if (out.numel() == 0) return out.to(out_type);
   const at::Tensor a = boxes1.to(acc_type).contiguous();
   const at::Tensor b = boxes2.to(acc_type).contiguous();
   const at::Tensor ang_a = box_angles(a, mode), ang_b = box_angles(b, mode);
@@ -142,7 +144,7 @@ at::Tensor box_overlaps_cuda(const at::Tensor& boxes1, const at::Tensor& boxes2,
     dispatch_mode(mode, [&](auto mode_tag) {
       constexpr OverlapMode kMode = decltype(mode_tag)::value;
       if (aligned) {
-        AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out_type, "box_overlaps_cuda_out", [&] {
+        AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, store_type, "box_overlaps_cuda_out", [&] {
           const unsigned int grid = std::min<unsigned int>(blocks_for(n, 256), 65536u);
           overlap_aligned_kernel<kMode, acc_t, scalar_t><<<grid, 256, 0, stream>>>(
               a.data_ptr<acc_t>(), data_or_null<acc_t>(ang_a), b.data_ptr<acc_t>(), data_or_null<acc_t>(ang_b), n, e,
@@ -161,7 +163,7 @@ at::Tensor box_overlaps_cuda(const at::Tensor& boxes1, const at::Tensor& boxes2,
       }
     });
   });
-  return out;
+  return out.to(out_type);
 }
 
 // ---------------------------------------------------------------- backward

@@ -191,6 +191,7 @@ __global__ void ps_roi_align_backward_owner_kernel(const acc_t* __restrict__ gra
 at::Tensor ps_roi_align_cuda(const at::Tensor& input, const at::Tensor& rois, double spatial_scale,
                              int64_t pooled_height, int64_t pooled_width, int64_t sampling_ratio) {
   const int64_t C_out = check_ps_roi_args(input, rois, spatial_scale, pooled_height, pooled_width);
+  check_sampling_ratio(sampling_ratio);
   const c10::cuda::CUDAGuard guard(input.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const auto acc_type = accumulate_type_of(input.scalar_type());
@@ -224,6 +225,7 @@ at::Tensor ps_roi_align_backward_cuda(const at::Tensor& grad, const at::Tensor& 
                                       int64_t batch_size, int64_t channels, int64_t height, int64_t width) {
   const int64_t C_out = check_ps_roi_backward_args(grad, rois, spatial_scale, pooled_height, pooled_width,
                                                   batch_size, channels, height, width, "_ps_roi_align_backward");
+  check_sampling_ratio(sampling_ratio);
   const c10::cuda::CUDAGuard guard(grad.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const auto acc_type = accumulate_type_of(grad.scalar_type());

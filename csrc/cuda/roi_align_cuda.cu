@@ -365,6 +365,7 @@ Geometry compute_geometry(const at::Tensor& rois, int64_t N, int64_t H, int64_t 
 at::Tensor roi_align_cuda(const at::Tensor& input, const at::Tensor& boxes, double spatial_scale,
                           int64_t pooled_height, int64_t pooled_width, int64_t sampling_ratio, bool aligned) {
   check_roi_align_args(input, boxes, spatial_scale, pooled_height, pooled_width);
+  check_sampling_ratio(sampling_ratio);
   const c10::cuda::CUDAGuard guard(input.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const int64_t K = boxes.size(0), N = input.size(0), C = input.size(1), H = input.size(2), W = input.size(3);
@@ -397,6 +398,7 @@ at::Tensor roi_align_backward_cuda(const at::Tensor& grad, const at::Tensor& box
                                    int64_t pooled_height, int64_t pooled_width, int64_t batch_size, int64_t channels,
                                    int64_t height, int64_t width, int64_t sampling_ratio, bool aligned) {
   check_roi_pool_args(spatial_scale, pooled_height, pooled_width);
+  check_sampling_ratio(sampling_ratio);
   TORCH_CHECK_VALUE(batch_size >= 0 && channels >= 0 && height >= 0 && width >= 0,
                     "the input sizes must be >= 0, got ", batch_size, ", ", channels, ", ", height, ", ", width);
   check_floating(grad, "grad");

@@ -30,6 +30,9 @@ void check_box_overlaps_args(const at::Tensor& boxes1, const at::Tensor& boxes2,
   if (aligned) {
     TORCH_CHECK_VALUE(boxes1.size(0) == boxes2.size(0), "aligned=True needs as many boxes in boxes2 as in boxes1, got ",
                       boxes1.size(0), " and ", boxes2.size(0));
+  } else {
+    check_result_size(static_cast<double>(boxes1.size(0)) * static_cast<double>(boxes2.size(0)), 4,
+                      "boxes1 and boxes2 (N x M result)");
   }
 }
 
@@ -38,6 +41,11 @@ at::ScalarType box_overlaps_result_type(at::ScalarType boxes_type, bool aligned)
   // the losses too (_upcast_non_float: everything but float32/float64 becomes
   // float32), so both forms give float32 unless the boxes are float64.
   return boxes_type == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+at::ScalarType box_overlaps_compute_type(at::ScalarType boxes_type) {
+  if (boxes_type == at::kInt || boxes_type == at::kLong) return at::kDouble;
+  return accumulate_type_of(boxes_type);
 }
 
 at::Tensor box_overlaps(const at::Tensor& boxes1, const at::Tensor& boxes2, c10::string_view mode, bool aligned,

@@ -6,6 +6,8 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include <cmath>
+
 #include "common/checks.h"
 
 namespace pydetops {
@@ -38,6 +40,7 @@ at::Tensor box_convert(const at::Tensor& boxes, c10::string_view in_fmt, c10::st
   check_fmt(in_fmt, "in_fmt");
   check_fmt(out_fmt, "out_fmt");
   check_last_dim_4(boxes, "boxes");
+  check_real(boxes, "boxes");
   if (in_fmt == out_fmt) return boxes.clone();
   auto c = boxes.unbind(-1);
   at::Tensor x1, y1, x2, y2;
@@ -53,17 +56,27 @@ at::Tensor box_convert(const at::Tensor& boxes, c10::string_view in_fmt, c10::st
   return at::stack({(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1}, -1);
 }
 
-at::Tensor clip_boxes_to_image(const at::Tensor& boxes, at::IntArrayRef size) {
+// A size given as a whole number clamps as an int (integer boxes stay integer,
+// as torchvision with int sizes); a fractional one as a float (as torchvision).
+at::Scalar size_scalar(double v) {
+  if (v == std::floor(v) && v <= 9007199254740992.0) return at::Scalar(static_cast<int64_t>(v));
+  return at::Scalar(v);
+}
+
+at::Tensor clip_boxes_to_image(const at::Tensor& boxes, at::ArrayRef<double> size) {
   check_last_dim_4(boxes, "boxes");
-  TORCH_CHECK_VALUE(size.size() == 2 && size[0] >= 0 && size[1] >= 0,
-                    "size must be (height, width) with both >= 0, got ", size);
-  const int64_t height = size[0], width = size[1];
+  check_real(boxes, "boxes");
+  TORCH_CHECK_VALUE(size.size() == 2 && std::isfinite(size[0]) && std::isfinite(size[1]) && size[0] >= 0 &&
+                        size[1] >= 0,
+                    "size must be (height, width) with both finite and >= 0, got ", size);
+  const at::Scalar height = size_scalar(size[0]), width = size_scalar(size[1]);
   auto c = boxes.unbind(-1);
   return at::stack({c[0].clamp(0, width), c[1].clamp(0, height), c[2].clamp(0, width), c[3].clamp(0, height)}, -1);
 }
 
 at::Tensor remove_small_boxes(const at::Tensor& boxes, double min_size) {
   TORCH_CHECK_VALUE(boxes.dim() == 2 && boxes.size(1) == 4, "boxes must be a Tensor[N, 4], got shape ", boxes.sizes());
+  check_real(boxes, "boxes");
   TORCH_CHECK_VALUE(!std::isnan(min_size), "min_size must not be NaN");
   const at::Tensor w = boxes.select(1, 2) - boxes.select(1, 0);
   const at::Tensor h = boxes.select(1, 3) - boxes.select(1, 1);
@@ -76,7 +89,7 @@ at::Tensor remove_small_boxes(const at::Tensor& boxes, double min_size) {
 TORCH_LIBRARY_FRAGMENT(pydetops, m) {
   m.def("box_area(Tensor boxes) -> Tensor");
   m.def("box_convert(Tensor boxes, str in_fmt, str out_fmt) -> Tensor");
-  m.def("clip_boxes_to_image(Tensor boxes, int[2] size) -> Tensor");
+  m.def("clip_boxes_to_image(Tensor boxes, float[] size) -> Tensor");
   m.def("remove_small_boxes(Tensor boxes, float min_size) -> Tensor");
 }
 

@@ -82,11 +82,28 @@ ConvTranspose2dShape check_conv_transpose2d_args(const at::Tensor& input, const 
   sh.ph = p[0]; sh.pw = p[1];
   sh.oph = op[0]; sh.opw = op[1];
   sh.dh = d[0]; sh.dw = d[1];
-  sh.h_out = conv_transpose_out_size(sh.h_in, sh.kh, sh.sh, sh.ph, sh.oph, sh.dh);
-  sh.w_out = conv_transpose_out_size(sh.w_in, sh.kw, sh.sw, sh.pw, sh.opw, sh.dw);
+  // (in - 1) * stride - 2 * padding + dilation * (kernel - 1) + output_padding + 1,
+  // each step checked so that no argument can wrap the output size.
+  auto out_size = [](int64_t in, int64_t kernel, int64_t str, int64_t pad, int64_t opad, int64_t dil) {
+    const int64_t a = checked_mul(in - 1, str, "stride");
+    const int64_t b = checked_mul(dil, kernel - 1, "dilation");
+    const int64_t c = checked_mul(pad, 2, "padding");
+    return checked_add(checked_add(checked_add(a, b, "dilation") - c, opad, "output_padding"), 1, "padding");
+  };
+  sh.h_out = out_size(sh.h_in, sh.kh, sh.sh, sh.ph, sh.oph, sh.dh);
+  sh.w_out = out_size(sh.w_in, sh.kw, sh.sw, sh.pw, sh.opw, sh.dw);
   TORCH_CHECK_VALUE(sh.h_out > 0 && sh.w_out > 0, "Given input size per channel: (", sh.h_in, " x ", sh.w_in,
                     "). Calculated output size per channel: (", sh.h_out, " x ", sh.w_out,
                     "). Output size is too small (reduce padding=", padding, ")");
+  // The output, and the column scratch of the kernels (C_out * kH * kW rows of H_in * W_in).
+  const char* size_arg = std::max(sh.sh, sh.sw) >= std::max(sh.dh, sh.dw) ? "stride" : "dilation";
+  const int64_t out_plane = checked_mul(sh.h_out, sh.w_out, size_arg);
+  checked_mul(checked_mul(sh.batch, sh.c_out, "weight"), out_plane, size_arg);
+  check_result_size(static_cast<double>(sh.batch) * static_cast<double>(sh.c_out) * static_cast<double>(out_plane),
+                    input.element_size(), size_arg);
+  check_result_size(static_cast<double>(sh.c_out) * static_cast<double>(sh.kh) * static_cast<double>(sh.kw) *
+                        static_cast<double>(sh.h_in) * static_cast<double>(sh.w_in),
+                    input.element_size(), "weight");
   return sh;
 }
 

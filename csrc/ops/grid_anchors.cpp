@@ -29,6 +29,7 @@ void check_grid_anchors_args(const at::Tensor& base_anchors, at::IntArrayRef fea
   TORCH_CHECK_VALUE(static_cast<double>(feature_size[0]) * static_cast<double>(stride[0]) < 4.0e18 &&
                         static_cast<double>(feature_size[1]) * static_cast<double>(stride[1]) < 4.0e18,
                     "stride ", stride, " times feature_size ", feature_size, " overflows int64");
+  check_result_size(rows * 4.0, base_anchors.element_size(), "feature_size");
 }
 
 at::Tensor grid_anchors(const at::Tensor& base_anchors, at::IntArrayRef feature_size, at::IntArrayRef stride) {

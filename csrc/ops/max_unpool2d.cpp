@@ -46,8 +46,15 @@ std::array<int64_t, 2> check_max_unpool2d_args(const at::Tensor& input, const at
   TORCH_CHECK_VALUE(s[0] > 0 && s[1] > 0, "stride must be positive, got ", stride);
   TORCH_CHECK_VALUE(p[0] >= 0 && p[1] >= 0, "padding must be non-negative, got ", padding);
   const int64_t h_in = input.size(-2), w_in = input.size(-1);
-  const std::array<int64_t, 2> def = {max_unpool_default_size(h_in, k[0], s[0], p[0]),
-                                      max_unpool_default_size(w_in, k[1], s[1], p[1])};
+  // (in - 1) * stride + kernel - 2 * padding, each step checked: a wrapped
+  // extent would give a wrong (small) output instead of an error.
+  auto default_size = [&](int64_t in, int d) {
+    const int64_t a = checked_mul(in > 0 ? in - 1 : 0, s[d], "stride");
+    const int64_t b = checked_add(a, k[d], "kernel_size");
+    const int64_t twice_pad = checked_mul(p[d], 2, "padding");
+    return in > 0 ? b - twice_pad : max_unpool_default_size(in, k[d], s[d], p[d]);
+  };
+  const std::array<int64_t, 2> def = {default_size(h_in, 0), default_size(w_in, 1)};
   std::array<int64_t, 2> out = def;
   if (output_size.has_value()) {
     at::IntArrayRef os = *output_size;
@@ -56,7 +63,7 @@ std::array<int64_t, 2> check_max_unpool2d_args(const at::Tensor& input, const at
                       os.size(), "'");
     if (os.size() == 4) os = os.slice(2);
     for (int d = 0; d < 2; ++d) {
-      const int64_t lo = def[d] - s[d], hi = def[d] + s[d];
+      const int64_t lo = def[d] - s[d], hi = checked_add(def[d], s[d], "stride");
       TORCH_CHECK_VALUE(lo < os[d] && os[d] < hi, "invalid output_size \"", *output_size, "\" (dim ", d,
                         " must be between ", lo, " and ", hi, ")");
       out[d] = os[d];
@@ -64,6 +71,11 @@ std::array<int64_t, 2> check_max_unpool2d_args(const at::Tensor& input, const at
   }
   TORCH_CHECK_VALUE(out[0] > 0 && out[1] > 0, "output_size must be positive, got (", out[0], ", ", out[1],
                     ") from kernel_size=", kernel_size, ", stride=", stride, ", padding=", padding);
+  const int64_t planes = input.dim() == 4 ? input.size(0) * input.size(1) : input.size(0);
+  const char* size_arg = output_size.has_value() ? "output_size" : "stride";
+  checked_mul(checked_mul(planes, out[0], size_arg), out[1], size_arg);
+  check_result_size(static_cast<double>(planes) * static_cast<double>(out[0]) * static_cast<double>(out[1]),
+                    input.element_size(), size_arg);
   return out;
 }
 

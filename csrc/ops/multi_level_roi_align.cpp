@@ -35,6 +35,9 @@ void check_multi_level_args(at::TensorList features, const at::Tensor& boxes, co
                     "levels must be a Tensor[K] with one level per box (K = ", boxes.size(0), "), got shape ",
                     levels.sizes());
   check_same_device(levels, "levels", boxes, "boxes");
+  check_result_size(static_cast<double>(boxes.size(0)) * static_cast<double>(f0.size(1)) *
+                        static_cast<double>(pooled_height) * static_cast<double>(pooled_width),
+                    f0.element_size(), "output_size");
 }
 
 at::Tensor multi_level_roi_align(at::TensorList features, const at::Tensor& boxes, const at::Tensor& levels,

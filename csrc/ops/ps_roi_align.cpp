@@ -5,6 +5,7 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
+#include "common/checks.h"
 #include "ops/psroi_spp_common.h"
 
 namespace pydetops {
@@ -12,9 +13,7 @@ namespace pydetops {
 namespace {
 int64_t check_ps_roi_geometry(int64_t channels, double spatial_scale, int64_t pooled_height, int64_t pooled_width) {
   check_roi_op_spatial_scale(spatial_scale);
-  TORCH_CHECK_VALUE(pooled_height > 0 && pooled_width > 0, "output_size must be positive, got (", pooled_height,
-                    ", ", pooled_width, ")");
-  const int64_t cells = pooled_height * pooled_width;
+  const int64_t cells = checked_output_cells(pooled_height, pooled_width);
   TORCH_CHECK_VALUE(channels % cells == 0, "input channels (", channels,
                     ") must be a multiple of output_size[0] * output_size[1] = ", cells);
   return channels / cells;
@@ -25,7 +24,10 @@ int64_t check_ps_roi_args(const at::Tensor& input, const at::Tensor& rois, doubl
                           int64_t pooled_height, int64_t pooled_width) {
   check_roi_op_input(input);
   check_roi_op_rois(rois, input);
-  return check_ps_roi_geometry(input.size(1), spatial_scale, pooled_height, pooled_width);
+  const int64_t channels_out = check_ps_roi_geometry(input.size(1), spatial_scale, pooled_height, pooled_width);
+  check_result_size(static_cast<double>(rois.size(0)) * static_cast<double>(input.size(1)), input.element_size(),
+                    "output_size");
+  return channels_out;
 }
 
 int64_t check_ps_roi_backward_args(const at::Tensor& grad, const at::Tensor& rois, double spatial_scale,

@@ -30,8 +30,7 @@ void check_roi_boxes(const at::Tensor& boxes, at::ScalarType dtype, c10::Device 
 void check_roi_pool_args(double spatial_scale, int64_t pooled_height, int64_t pooled_width) {
   TORCH_CHECK_VALUE(std::isfinite(spatial_scale) && spatial_scale > 0,
                     "spatial_scale must be a finite number > 0, got ", spatial_scale);
-  TORCH_CHECK_VALUE(pooled_height > 0 && pooled_width > 0, "output_size must be positive, got (", pooled_height,
-                    ", ", pooled_width, ")");
+  checked_output_cells(pooled_height, pooled_width);
 }
 
 void check_roi_grad(const at::Tensor& grad, const at::Tensor& boxes, int64_t channels, int64_t pooled_height,
@@ -48,6 +47,9 @@ void check_roi_align_args(const at::Tensor& input, const at::Tensor& boxes, doub
   check_roi_feature(input, "input");
   check_roi_pool_args(spatial_scale, pooled_height, pooled_width);
   check_roi_boxes(boxes, input.scalar_type(), input.device(), input.size(0));
+  check_result_size(static_cast<double>(boxes.size(0)) * static_cast<double>(input.size(1)) *
+                        static_cast<double>(pooled_height) * static_cast<double>(pooled_width),
+                    input.element_size(), "output_size");
 }
 
 at::Tensor roi_align(const at::Tensor& input, const at::Tensor& boxes, double spatial_scale, int64_t pooled_height,

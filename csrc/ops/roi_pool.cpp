@@ -14,6 +14,10 @@ void check_roi_pool_forward_args(const at::Tensor& input, const at::Tensor& boxe
   check_roi_align_args(input, boxes, spatial_scale, pooled_height, pooled_width);
   TORCH_CHECK_VALUE(input.size(2) * input.size(3) < (int64_t(1) << 31), "input: H * W must fit in int32 (argmax), got ",
                     input.size(2), " x ", input.size(3));
+  // output and argmax (int32) together
+  check_result_size(static_cast<double>(boxes.size(0)) * static_cast<double>(input.size(1)) *
+                        static_cast<double>(pooled_height) * static_cast<double>(pooled_width),
+                    input.element_size() + 4, "output_size");
 }
 
 void check_roi_pool_backward_args(const at::Tensor& grad, const at::Tensor& boxes, const at::Tensor& argmax,

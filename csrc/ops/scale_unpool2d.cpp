@@ -8,9 +8,10 @@
 #include "common/checks.h"
 
 namespace pydetops {
+namespace {
 
-std::array<int64_t, 2> check_scale_unpool2d_args(const at::Tensor& input, at::IntArrayRef scale_factor,
-                                                 const char* input_name) {
+std::array<int64_t, 2> check_tensor_and_scale(const at::Tensor& input, at::IntArrayRef scale_factor,
+                                              const char* input_name) {
   TORCH_CHECK_VALUE(input.dim() == 3 || input.dim() == 4, input_name,
                     " must be a 3-D (C, H, W) or 4-D (N, C, H, W) Tensor, got shape ", input.sizes());
   TORCH_CHECK_TYPE(at::isFloatingType(input.scalar_type()), input_name,
@@ -23,9 +24,25 @@ std::array<int64_t, 2> check_scale_unpool2d_args(const at::Tensor& input, at::In
   return s;
 }
 
+}  // namespace
+
+std::array<int64_t, 2> check_scale_unpool2d_args(const at::Tensor& input, at::IntArrayRef scale_factor,
+                                                 const char* input_name) {
+  const auto s = check_tensor_and_scale(input, scale_factor, input_name);
+  // The output is H * s[0] by W * s[1]: neither product may wrap (a wrapped
+  // extent would allocate a small output that the kernel then overruns).
+  const int64_t h_out = checked_mul(input.size(-2), s[0], "scale_factor");
+  const int64_t w_out = checked_mul(input.size(-1), s[1], "scale_factor");
+  const int64_t planes = input.dim() == 4 ? checked_mul(input.size(0), input.size(1), "input") : input.size(0);
+  checked_mul(checked_mul(planes, h_out, "scale_factor"), w_out, "scale_factor");
+  check_result_size(static_cast<double>(planes) * static_cast<double>(h_out) * static_cast<double>(w_out),
+                    input.element_size(), "scale_factor");
+  return s;
+}
+
 std::array<int64_t, 2> check_scale_unpool2d_backward_args(const at::Tensor& grad_output,
                                                           at::IntArrayRef scale_factor) {
-  const auto s = check_scale_unpool2d_args(grad_output, scale_factor, "grad_output");
+  const auto s = check_tensor_and_scale(grad_output, scale_factor, "grad_output");
   TORCH_CHECK_VALUE(grad_output.size(-2) % s[0] == 0 && grad_output.size(-1) % s[1] == 0,
                     "grad_output's height and width must be multiples of scale_factor ", scale_factor, ", got shape ",
                     grad_output.sizes());

@@ -7,6 +7,7 @@
 
 #include <limits>
 
+#include "common/checks.h"
 #include "ops/psroi_spp_common.h"
 
 namespace pydetops {
@@ -24,6 +25,9 @@ int64_t check_spp_args(const at::Tensor& input, const at::Tensor& rois, at::IntA
   }
   TORCH_CHECK_VALUE(input.size(2) * input.size(3) <= std::numeric_limits<int32_t>::max(),
                     "input: H * W must fit in int32 (argmax), got ", input.size(2), " x ", input.size(3));
+  // output (input's dtype) and argmax (int32)
+  check_result_size(static_cast<double>(rois.size(0)) * static_cast<double>(input.size(1)) * static_cast<double>(cells),
+                    input.element_size() + 4, "levels");
   return cells;
 }
 

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from ._meta import accumulate_dtype
+from ._utils import int_list
 
 __all__ = [
     "ImageList",
@@ -76,6 +77,10 @@ def grid_anchors(base_anchors: Tensor, feature_size: Tuple[int, int], stride: Tu
         raise ValueError(f"feature_size must be (height, width), got {feature_size}")
     if len(stride) != 2:
         raise ValueError(f"stride must be (stride_y, stride_x), got {stride}")
+    if not torch.jit.is_scripting():
+        fs = int_list(feature_size, "feature_size")
+        st = int_list(stride, "stride")
+        return torch.ops.pydetops.grid_anchors(base_anchors, fs, st)
     return torch.ops.pydetops.grid_anchors(
         base_anchors, [int(feature_size[0]), int(feature_size[1])], [int(stride[0]), int(stride[1])]
     )
@@ -207,6 +212,10 @@ class DefaultBoxGenerator(nn.Module):
         super().__init__()
         if steps is not None and len(aspect_ratios) != len(steps):
             raise ValueError("aspect_ratios and steps should have the same length")
+        for ratios in aspect_ratios:
+            for ar in ratios:
+                if not (isinstance(ar, (int, float)) and math.isfinite(ar) and ar > 0):
+                    raise ValueError(f"aspect_ratios must hold finite numbers > 0, got {ar!r} in {list(ratios)}")
         self.aspect_ratios = aspect_ratios
         self.steps = steps
         self.clip = clip
@@ -221,6 +230,9 @@ class DefaultBoxGenerator(nn.Module):
             if len(scales) < k + 1:
                 raise ValueError(f"scales must hold len(aspect_ratios) + 1 = {k + 1} values, got {len(scales)}")
             self.scales = scales
+        for s in self.scales:
+            if not (math.isfinite(s) and s > 0):
+                raise ValueError(f"scales (min_ratio, max_ratio) must be finite numbers > 0, got {list(self.scales)}")
         self._wh_pairs = self._generate_wh_pairs(k)
 
     def _generate_wh_pairs(
@@ -435,9 +447,16 @@ class BoxCoder:
             raise TypeError(f"boxes must be a list of Tensor[N_i, 4], got {type(boxes)}")
         if not isinstance(rel_codes, Tensor):
             raise TypeError(f"rel_codes must be a Tensor, got {type(rel_codes)}")
+        if len(boxes) == 0:
+            raise ValueError("boxes must hold one Tensor[N_i, 4] per image, got an empty list")
         box_sum = sum(int(b.size(0)) for b in boxes)
         concat = torch.cat(boxes, dim=0)
         if box_sum > 0:
+            if rel_codes.numel() % (box_sum * 4) != 0:
+                raise ValueError(
+                    f"rel_codes must hold 4 * K codes for each of the {box_sum} boxes, got shape "
+                    f"{list(rel_codes.shape)} ({rel_codes.numel()} values)"
+                )
             rel_codes = rel_codes.reshape(box_sum, -1)
         pred = self.decode_single(rel_codes, concat)
         if box_sum > 0:

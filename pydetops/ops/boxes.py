@@ -47,9 +47,24 @@ def box_convert(boxes: Tensor, in_fmt: str, out_fmt: str) -> Tensor:
     return torch.ops.pydetops.box_convert(boxes, in_fmt, out_fmt)
 
 
+@torch.jit.unused
+def _check_image_size(size) -> None:
+    if isinstance(size, (str, bytes)) or not hasattr(size, "__len__") or len(size) != 2:
+        raise ValueError(f"size must be (height, width), got {size!r}")
+    for v in size:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) and not (isinstance(v, Tensor) and v.numel() == 1):
+            raise TypeError(f"size must be two numbers (height, width), got {size!r}")
+
+
 def clip_boxes_to_image(boxes: Tensor, size: Tuple[int, int]) -> Tensor:
-    """Clip Tensor[..., 4] (x1, y1, x2, y2) boxes to an image of ``size = (height, width)``."""
-    return torch.ops.pydetops.clip_boxes_to_image(boxes, [int(size[0]), int(size[1])])
+    """Clip Tensor[..., 4] (x1, y1, x2, y2) boxes to an image of ``size = (height, width)``.
+
+    Sizes may be ints or floats (clipped to exactly that value, as torchvision); anything but two
+    finite numbers >= 0 raises ValueError naming ``size``.
+    """
+    if not torch.jit.is_scripting():
+        _check_image_size(size)
+    return torch.ops.pydetops.clip_boxes_to_image(boxes, [float(size[0]), float(size[1])])
 
 
 def remove_small_boxes(boxes: Tensor, min_size: float) -> Tensor:
@@ -71,7 +86,9 @@ def box_overlaps(boxes1: Tensor, boxes2: Tensor, mode: str = "iou", aligned: boo
             csrc/common/box_overlap_math.h); in matrix form the IoU term has none.
 
     Returns float64 for float64 boxes, otherwise float32 (as torchvision's functions and losses,
-    which upcast float16/bfloat16/integer boxes).
+    which upcast float16/bfloat16/integer boxes). int32/int64 boxes are computed in float64
+    (float32 cannot hold their coordinates beyond 2**24) and rounded to float32 at the end.
+    Differentiable twice: under ``create_graph=True`` the backward is itself differentiable.
     """
     return torch.ops.pydetops.box_overlaps(boxes1, boxes2, mode, aligned, eps)
 

@@ -14,6 +14,8 @@ import torch
 from torch import Tensor, nn
 from torch._jit_internal import BroadcastingList2
 
+from ._utils import as_int, int_pair_list
+
 __all__ = ["conv_transpose2d", "ConvTranspose2d", "bilinear_upsampling_weight_"]
 
 
@@ -38,8 +40,14 @@ def conv_transpose2d(
         groups: divides C_in; C_out = groups * weight.shape[1].
 
     Returns Tensor[N, C_out, H_out, W_out] (Tensor[C_out, H_out, W_out] when unbatched), contiguous.
-    Differentiable in input, weight and bias.
+    Differentiable in input, weight and bias (once: double backward raises).
     """
+    if not torch.jit.is_scripting():
+        stride = int_pair_list(stride, "stride")
+        padding = int_pair_list(padding, "padding")
+        output_padding = int_pair_list(output_padding, "output_padding")
+        dilation = int_pair_list(dilation, "dilation")
+        groups = as_int(groups, "groups")
     return torch.ops.pydetops.conv_transpose2d(input, weight, bias, stride, padding, output_padding, groups, dilation)
 
 

@@ -16,10 +16,12 @@ from torch import nn, Tensor
 
 from torch.jit.annotations import BroadcastingList2
 
-from ._utils import roi_boxes_as_tensor
+from ._utils import as_int, int_list, pair, roi_boxes_as_tensor
 
 def _pooled_size(output_size: BroadcastingList2[int]) -> Tuple[int, int]:
     """An int or a pair of ints -> (ph, pw); TorchScript broadcasts an int to a pair itself."""
+    if not torch.jit.is_scripting():
+        return pair(output_size, "output_size")
     if isinstance(output_size, int):
         return output_size, output_size
     if len(output_size) != 2:
@@ -51,7 +53,8 @@ def ps_roi_align(
         boxes: Tensor[K, 5] (batch index, x1, y1, x2, y2) or a list of Tensor[L, 4] per image.
         output_size: int or (height, width) of the pooled grid, (ph, pw).
         spatial_scale: feature-map cells per input-image unit (e.g. 1/16), > 0.
-        sampling_ratio: samples per bin side; <= 0 uses ceil(bin size) (adaptive).
+        sampling_ratio: samples per bin side, at most 64 (ValueError beyond); <= 0 uses
+            ceil(bin size) (adaptive).
 
     Returns:
         Tensor[K, C / (ph * pw), ph, pw]: bin (i, j) of output channel c averages
@@ -61,6 +64,8 @@ def ps_roi_align(
     """
     rois = roi_boxes_as_tensor(boxes)
     oh, ow = _pooled_size(output_size)
+    if not torch.jit.is_scripting():
+        sampling_ratio = as_int(sampling_ratio, "sampling_ratio")
     return torch.ops.pydetops.ps_roi_align(input, rois, float(spatial_scale), oh, ow, int(sampling_ratio))
 
 
@@ -115,7 +120,10 @@ def spp_pool(
     rois = roi_boxes_as_tensor(boxes)
     lv: List[int] = [6, 3, 2, 1]
     if levels is not None:
-        lv = [int(v) for v in levels]
+        if torch.jit.is_scripting():
+            lv = [int(v) for v in levels]
+        else:
+            lv = int_list(levels, "levels")
     if len(lv) == 0:
         raise ValueError("levels must hold at least one pyramid level")
     return torch.ops.pydetops.spp_pool(input, rois, lv, float(spatial_scale))[0]
@@ -129,7 +137,7 @@ class PSRoIAlign(nn.Module):
         super().__init__()
         self.output_size = _pooled_size(output_size)
         self.spatial_scale = float(spatial_scale)
-        self.sampling_ratio = int(sampling_ratio)
+        self.sampling_ratio = as_int(sampling_ratio, "sampling_ratio")
 
     def forward(self, input: Tensor, rois: Union[Tensor, List[Tensor]]) -> Tensor:
         return ps_roi_align(input, rois, self.output_size, self.spatial_scale, self.sampling_ratio)
@@ -159,7 +167,7 @@ class SpatialPyramidPooling(nn.Module):
 
     def __init__(self, levels: Sequence[int] = (6, 3, 2, 1), spatial_scale: float = 1.0):
         super().__init__()
-        self.levels: List[int] = [int(v) for v in levels]
+        self.levels: List[int] = int_list(levels, "levels")
         if len(self.levels) == 0 or any(v <= 0 for v in self.levels):
             raise ValueError(f"levels must be a non-empty sequence of positive grid sizes, got {list(levels)}")
         self.spatial_scale = float(spatial_scale)

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from torch.jit.annotations import BroadcastingList2
 from torch.nn.modules.utils import _pair
 
-from ._utils import pair, roi_boxes_as_tensor
+from ._utils import as_int, pair, roi_boxes_as_tensor
 
 __all__ = ["roi_align", "RoIAlign", "roi_pool", "RoIPool", "multi_level_roi_align", "MultiScaleRoIAlign"]
 
@@ -49,7 +49,8 @@ def roi_align(
             same dtype and device as ``input``.
         output_size: int or (height, width) of the pooled output.
         spatial_scale: maps box coordinates onto the feature map (e.g. 1/16).
-        sampling_ratio: samples per bin along each axis; <= 0 uses ceil(roi size / output size).
+        sampling_ratio: samples per bin along each axis, at most 64 (ValueError beyond); <= 0 uses
+            ceil(roi size / output size).
         aligned: shift the box by -0.5 pixel (pixel centres at integer + 0.5); when False,
             boxes smaller than one pixel are enlarged to 1x1 as in the original Mask R-CNN.
 
@@ -59,6 +60,8 @@ def roi_align(
     """
     _check_input(input)
     size = _output_size(output_size)
+    if not torch.jit.is_scripting():
+        sampling_ratio = as_int(sampling_ratio, "sampling_ratio")
     rois = roi_boxes_as_tensor(boxes)
     return torch.ops.pydetops.roi_align(input, rois, float(spatial_scale), size[0], size[1], int(sampling_ratio),
                                         bool(aligned))
@@ -105,12 +108,14 @@ def multi_level_roi_align(
         boxes: Tensor[K, 5] (batch index, x1, y1, x2, y2).
         levels: int64 Tensor[K], the feature map of each RoI; a value outside [0, L) gives zeros.
         spatial_scales: L floats, the scale of each feature map.
-        output_size, sampling_ratio, aligned: as in :func:`roi_align`.
+        output_size, sampling_ratio, aligned: as in :func:`roi_align` (sampling_ratio at most 64).
 
     Returns:
         Tensor[K, C, output_size[0], output_size[1]], contiguous, in the order of ``boxes``.
     """
     size = _output_size(output_size)
+    if not torch.jit.is_scripting():
+        sampling_ratio = as_int(sampling_ratio, "sampling_ratio")
     return torch.ops.pydetops.multi_level_roi_align(features, boxes, levels, spatial_scales, size[0], size[1],
                                                     int(sampling_ratio), bool(aligned))
 
@@ -200,8 +205,14 @@ class MultiScaleRoIAlign(nn.Module):
         canonical_level: int = 4,
     ):
         super().__init__()
-        if isinstance(output_size, int):
-            output_size = (output_size, output_size)
+        oh, ow = pair(output_size, "output_size")
+        if oh <= 0 or ow <= 0:
+            raise ValueError(f"output_size must be positive, got {output_size}")
+        output_size = (oh, ow)
+        sampling_ratio = as_int(sampling_ratio, "sampling_ratio")
+        if sampling_ratio > 64:
+            raise ValueError(f"sampling_ratio must be <= 64 (samples per bin side; <= 0 picks them adaptively), "
+                             f"got {sampling_ratio}")
         self.featmap_names = featmap_names
         self.sampling_ratio = sampling_ratio
         self.output_size = tuple(output_size)
@@ -217,6 +228,8 @@ class MultiScaleRoIAlign(nn.Module):
         max_h = 0
         max_w = 0
         for shape in image_shapes:
+            if len(shape) != 2 or shape[0] <= 0 or shape[1] <= 0:
+                raise ValueError(f"image_shapes must hold (height, width) pairs of positive sizes, got {shape}")
             max_h = max(shape[0], max_h)
             max_w = max(shape[1], max_w)
         scales = [_infer_scale(f, [max_h, max_w]) for f in features]
@@ -232,6 +245,8 @@ class MultiScaleRoIAlign(nn.Module):
                 features.append(v)
         if len(features) == 0:
             raise ValueError("x holds none of the feature maps named in featmap_names")
+        if len(boxes) == 0:
+            raise ValueError("boxes must hold one Tensor[L, 4] per image, got an empty list")
         scales = self.scales
         if scales is None:
             scales = self._setup_scales(features, image_shapes)

@@ -10,6 +10,8 @@ import torch
 from torch import Tensor, nn
 from torch._jit_internal import BroadcastingList2
 
+from ._utils import int_list, int_pair_list
+
 __all__ = [
     "max_unpool2d",
     "nearest_unpool2d",
@@ -45,6 +47,12 @@ def max_unpool2d(
     """
     if stride is None:
         stride = kernel_size
+    if not torch.jit.is_scripting():
+        kernel_size = int_pair_list(kernel_size, "kernel_size")
+        stride = int_pair_list(stride, "stride")
+        padding = int_pair_list(padding, "padding")
+        if output_size is not None:
+            output_size = int_list(output_size, "output_size")
     return torch.ops.pydetops.max_unpool2d(input, indices, kernel_size, stride, padding, output_size)
 
 
@@ -56,6 +64,8 @@ def nearest_unpool2d(input: Tensor, scale_factor: BroadcastingList2[int]) -> Ten
     ``F.interpolate(input, scale_factor=s, mode='nearest')`` for integer s). The backward sums
     each block (in float32 for float16/bfloat16).
     """
+    if not torch.jit.is_scripting():
+        scale_factor = int_pair_list(scale_factor, "scale_factor")
     return torch.ops.pydetops.nearest_unpool2d(input, scale_factor)
 
 
@@ -65,6 +75,8 @@ def bed_of_nails_unpool2d(input: Tensor, scale_factor: BroadcastingList2[int]) -
     ``input`` Tensor[N, C, H, W] or Tensor[C, H, W]; ``scale_factor`` a positive int or a pair.
     Returns Tensor[.., H * s_h, W * s_w].
     """
+    if not torch.jit.is_scripting():
+        scale_factor = int_pair_list(scale_factor, "scale_factor")
     return torch.ops.pydetops.bed_of_nails_unpool2d(input, scale_factor)
 
 
