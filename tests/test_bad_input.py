@@ -375,6 +375,7 @@ DOUBLE_BACKWARD_UNSUPPORTED = [
     ("max_unpool2d", lambda x: ops.max_unpool2d(x, torch.arange(64).reshape(1, 1, 8, 8).expand(1, 4, 8, 8)
                                                 .contiguous(), 2)),
     ("conv_transpose2d", lambda x: ops.conv_transpose2d(x, torch.randn(4, 2, 3, 3, dtype=x.dtype))),
+    ("sigmoid_focal_loss", lambda x: ops.sigmoid_focal_loss(x, (x.detach() > 0).to(x.dtype), reduction="sum")),
 ]
 
 

@@ -3,6 +3,7 @@
 #include <torch/autograd.h>
 #include <torch/library.h>
 
+#include "autograd/double_backward.h"
 #include "ops/sigmoid_focal_loss.h"
 
 namespace pydetops {
@@ -24,9 +25,19 @@ class SigmoidFocalLossFunction : public torch::autograd::Function<SigmoidFocalLo
                                                  torch::autograd::variable_list grad_outputs) {
     const auto saved = ctx->get_saved_variables();
     const std::string reduction = ctx->saved_data["reduction"].toStringRef();
-    auto grads = sigmoid_focal_loss_backward(grad_outputs[0], saved[0], saved[1], ctx->saved_data["alpha"].toDouble(),
-                                             ctx->saved_data["gamma"].toDouble(), reduction);
-    return {std::get<0>(grads), std::get<1>(grads), at::Tensor(), at::Tensor(), at::Tensor()};
+    std::vector<at::Tensor> grads(2);
+    {
+      at::AutoDispatchBelowADInplaceOrView below;
+      std::tie(grads[0], grads[1]) = sigmoid_focal_loss_backward(
+          grad_outputs[0], saved[0], saved[1], ctx->saved_data["alpha"].toDouble(), ctx->saved_data["gamma"].toDouble(),
+          reduction);
+    }
+    // The backward kernel has no derivative of its own: under create_graph the gradients
+    // are tied to every tensor they depend on by a node that raises when differentiated
+    // (a gradient penalty through the loss), instead of silently giving zeros.
+    for (const at::Tensor& depends_on : {grad_outputs[0], saved[0], saved[1]})
+      grads = guard_double_backward("sigmoid_focal_loss", depends_on, std::move(grads));
+    return {grads[0], grads[1], at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 

@@ -20,6 +20,7 @@
 #include "common/checks.h"
 #include "common/nms_math.h"
 #include "common/postprocess_math.h"
+#include "cpu/vec_math_cpu.h"
 #include "ops/decode_boxes.h"
 #include "ops/detection_postprocess.h"
 
@@ -112,7 +113,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> detection_postprocess
                 cand.flat = f;
                 cand.group = nms_by_level ? l * nc + c : c;
                 const in_t* code = ci + a * code_cols + (per_class_codes ? 4 * c : 0);
-                if (postprocess::decode_candidate<in_t, acc_t>(ai + 4 * a, code, p, min_sz, cand.box)) {
+                if (postprocess::decode_candidate<in_t, acc_t, vecmath::CpuMath>(ai + 4 * a, code, p, min_sz, cand.box)) {
                   cands.push_back(cand);
                 }
               }

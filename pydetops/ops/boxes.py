@@ -2,7 +2,8 @@
 
 Boxes are ``Tensor[N, 4]`` in ``(x1, y1, x2, y2)`` format unless stated. The IoU
 matrices are computed by one fused N x M kernel (``torch.ops.pydetops.box_overlaps``)
-and are differentiable; float16/bfloat16/integer boxes are computed in float32.
+and are differentiable; float16/bfloat16 boxes are computed in float32, integer boxes in
+float64 (exact beyond 2^24; the result is float32).
 
 Gradients at the kinks are fixed, whatever the torch version: boxes that exactly touch
 (overlap width or height 0) pass the gradient on (d max(w, 0)/dw = 1 at w = 0, the
