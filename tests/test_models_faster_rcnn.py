@@ -153,6 +153,50 @@ def test_bad_calls_raise():
         fasterrcnn_resnet50_fpn(trainable_backbone_layers=6)
 
 
+
+def _roi_postprocess_reference(heads, class_logits, box_regression, proposals, image_shapes):
+    # The per-image loop the fused detection_postprocess call replaced, in float64.
+    from pydetops.ops import batched_nms, decode_boxes, remove_small_boxes
+    num_classes = class_logits.shape[-1]
+    sizes = [len(p) for p in proposals]
+    out = []
+    for codes, props, scores, shape in zip(box_regression.double().split(sizes), proposals,
+                                           torch.softmax(class_logits.double(), -1).split(sizes), image_shapes):
+        boxes = decode_boxes(codes, props.double(), heads.box_coder.weights, heads.box_coder.bbox_xform_clip, shape)
+        boxes = boxes.reshape(-1, num_classes, 4)[:, 1:].reshape(-1, 4)
+        labels = torch.arange(num_classes).view(1, -1).expand_as(scores)[:, 1:].reshape(-1)
+        scores = scores[:, 1:].reshape(-1)
+        keep = torch.where(scores > heads.score_thresh)[0]
+        boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+        keep = remove_small_boxes(boxes, 1e-2)
+        boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+        keep = batched_nms(boxes, scores, labels, heads.nms_thresh)[: heads.detections_per_img]
+        out.append({"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]})
+    return out
+
+
+def test_roi_postprocess_batched_with_uneven_proposals_matches_per_image_loop():
+    heads = faster_rcnn(num_classes=5, backbone="tiny").eval().roi_heads
+    gen = torch.Generator().manual_seed(3)
+    shapes = [(100, 90), (70, 120), (100, 100), (64, 64)]
+    for counts in ([0, 37, 12, 50], [25, 25, 25, 25], [40]):
+        proposals = []
+        for n in counts:
+            xy = torch.rand(n, 2, generator=gen) * 80
+            proposals.append(torch.cat([xy, xy + torch.rand(n, 2, generator=gen) * 40 + 0.005], 1))
+        logits = torch.randn(sum(counts), 5, generator=gen) * 2
+        logits[: min(6, sum(counts))] = 3.0  # equal scores across proposals and classes
+        regression = torch.randn(sum(counts), 20, generator=gen)
+        got = heads.postprocess_detections(logits, regression, proposals, shapes[: len(counts)])
+        want = _roi_postprocess_reference(heads, logits, regression, proposals, shapes[: len(counts)])
+        assert len(got) == len(counts)
+        for g, w in zip(got, want):
+            assert g["labels"].dtype == torch.int64 and g["labels"].tolist() == w["labels"].tolist()
+            assert g["boxes"].dtype == torch.float32
+            torch.testing.assert_close(g["boxes"].double(), w["boxes"], atol=1e-3, rtol=0)
+            torch.testing.assert_close(g["scores"].double(), w["scores"], atol=1e-6, rtol=0)
+
+
 # ---------------------------------------------------------------- torchvision parity
 
 def _tv_detection():
