@@ -197,6 +197,30 @@ def test_roi_postprocess_batched_with_uneven_proposals_matches_per_image_loop():
             torch.testing.assert_close(g["scores"].double(), w["scores"], atol=1e-6, rtol=0)
 
 
+
+def test_rpn_fused_proposals_match_the_per_image_filter():
+    from pydetops.ops import decode_boxes
+    rpn = faster_rcnn(num_classes=3, backbone="tiny").eval().rpn
+    rpn._pre_nms_top_n = {"training": 12, "testing": 12}
+    rpn._post_nms_top_n = {"training": 9, "testing": 9}
+    gen = torch.Generator().manual_seed(5)
+    levels, num_images = [40, 25, 6], 3
+    xy = torch.rand(sum(levels), 2, generator=gen) * 60 - 5
+    anchors = [torch.cat([xy, xy + torch.rand(sum(levels), 2, generator=gen) * 30], 1)] * num_images
+    shapes = [(64, 64), (50, 64), (64, 40)]
+    for scale in (1.0, 30.0):  # 30: the float32 sigmoids of many logits round to 1.0
+        objectness = torch.randn(num_images * sum(levels), 1, generator=gen) * scale
+        deltas = torch.randn(num_images * sum(levels), 4, generator=gen) * 0.5
+        got = rpn.fused_proposals(objectness, deltas, anchors, shapes, levels)
+        assert all(0 < len(g) <= 9 for g in got)
+        # the reference path on logits / scale: the same order (the fused path ranks by logit),
+        # but no two sigmoids rounded to one float
+        proposals = decode_boxes(deltas, torch.cat(anchors)).view(num_images, -1, 4)
+        want = rpn.filter_proposals(proposals, objectness / scale, shapes, levels)
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w, atol=1e-4, rtol=0)
+
+
 # ---------------------------------------------------------------- torchvision parity
 
 def _tv_detection():

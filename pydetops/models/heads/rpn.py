@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...ops import AnchorGenerator, BoxCoder, ImageList, batched_nms, clip_boxes_to_image, decode_boxes, \
-    remove_small_boxes
+    detection_postprocess, remove_small_boxes
 from ..assign import BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS, BalancedSampler, match
 from ..backbones import ConvNormAct
 from ..losses import objectness_loss, smooth_l1_loss
@@ -105,9 +105,13 @@ class RegionProposalNetwork(nn.Module):
         objectness = _flatten_levels(logits, 1).reshape(-1, 1)
         pred_deltas = _flatten_levels(deltas, 4).reshape(-1, 4)
 
-        # -- 2. proposals: decode, best per level, clip, drop tiny, NMS per level ---------------
-        proposals = decode_boxes(pred_deltas.detach(), torch.cat(anchors)).view(num_images, -1, 4)
-        boxes = self.filter_proposals(proposals, objectness, images.image_sizes, num_anchors_per_level)
+        # -- 2. proposals: best per level, decode, clip, drop tiny, NMS per level ---------------
+        if self.score_thresh <= 0.0:
+            boxes = self.fused_proposals(objectness, pred_deltas, anchors, images.image_sizes,
+                                         num_anchors_per_level)
+        else:
+            proposals = decode_boxes(pred_deltas.detach(), torch.cat(anchors)).view(num_images, -1, 4)
+            boxes = self.filter_proposals(proposals, objectness, images.image_sizes, num_anchors_per_level)
 
         losses: Dict[str, Tensor] = {}
         if self.training:
@@ -119,6 +123,25 @@ class RegionProposalNetwork(nn.Module):
             loss_obj, loss_box = self.compute_loss(objectness, pred_deltas, labels, regression_targets)
             losses = {"loss_objectness": loss_obj, "loss_rpn_box_reg": loss_box}
         return boxes, losses
+
+    def fused_proposals(self, objectness: Tensor, pred_deltas: Tensor, anchors: List[Tensor],
+                        image_shapes: List[Tuple[int, int]], num_anchors_per_level: List[int]) -> List[Tensor]:
+        """``filter_proposals`` without a score threshold, in one fused ``detection_postprocess`` call.
+
+        The scores given to the kernel are the objectness LOGITS, not their sigmoid: the sigmoid is
+        monotone, so the per-level top-k, the NMS order and the final order are torchvision's (which
+        takes the top-k on the logits), and logits the float32 sigmoid would round to the same
+        probability (large ones, near 1.0) keep their order. Only used when ``score_thresh <= 0``
+        (every finite logit passes the kernel's ``> -inf`` test, as every probability passes
+        torchvision's ``>= 0``).
+        """
+        num_images = len(anchors)
+        out = detection_postprocess(
+            objectness.detach().reshape(num_images, -1, 1), pred_deltas.detach().reshape(num_images, -1, 4),
+            torch.stack(anchors), image_shapes, num_anchors_per_level, float("-inf"), self.pre_nms_top_n(),
+            self.nms_thresh, self.post_nms_top_n(), (1.0, 1.0, 1.0, 1.0), self.box_coder.bbox_xform_clip,
+            self.min_size, True)
+        return [d["boxes"] for d in out]
 
     def filter_proposals(self, proposals: Tensor, objectness: Tensor, image_shapes: List[Tuple[int, int]],
                          num_anchors_per_level: List[int]) -> List[Tensor]:
