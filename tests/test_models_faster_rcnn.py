@@ -208,7 +208,11 @@ def test_rpn_fused_proposals_match_the_per_image_filter():
     xy = torch.rand(sum(levels), 2, generator=gen) * 60 - 5
     anchors = [torch.cat([xy, xy + torch.rand(sum(levels), 2, generator=gen) * 30], 1)] * num_images
     shapes = [(64, 64), (50, 64), (64, 40)]
-    for scale in (1.0, 30.0):  # 30: the float32 sigmoids of many logits round to 1.0
+    for scale, thresh in ((1.0, 0.0), (30.0, 0.0), (1.0, 0.8)):
+        # scale 30: the float32 sigmoids of many logits round to 1.0; thresh 0.8: drops ~90 % of the
+        # anchors, many of them among the per-level top 12 (the reference thresholds sigmoid(logit / scale)
+        # then, so it is only run with scale 1)
+        rpn.score_thresh = thresh
         objectness = torch.randn(num_images * sum(levels), 1, generator=gen) * scale
         deltas = torch.randn(num_images * sum(levels), 4, generator=gen) * 0.5
         got = rpn.fused_proposals(objectness, deltas, anchors, shapes, levels)
@@ -219,6 +223,10 @@ def test_rpn_fused_proposals_match_the_per_image_filter():
         want = rpn.filter_proposals(proposals, objectness / scale, shapes, levels)
         for g, w in zip(got, want):
             torch.testing.assert_close(g, w, atol=1e-4, rtol=0)
+        if thresh > 0:
+            rpn.score_thresh = 0.0
+            unfiltered = rpn.fused_proposals(objectness, deltas, anchors, shapes, levels)
+            assert sum(map(len, got)) < sum(map(len, unfiltered))  # the threshold did drop proposals
 
 
 # ---------------------------------------------------------------- torchvision parity
@@ -324,3 +332,29 @@ def test_weights_backbone_from_a_classification_checkpoint(tmp_path):
     torch.save(state, tmp_path / "bad.pt")
     with pytest.raises(ValueError, match="weights_backbone"):
         fasterrcnn_mobilenet_v3_large_fpn(weights_backbone=str(tmp_path / "bad.pt"))
+
+
+@pytest.mark.parametrize("score_thresh", [0.0, 0.75])
+def test_rpn_fused_proposals_match_torchvisions_filter(score_thresh):
+    # torchvision's own RPN filter (top-k on the logits, then sigmoid, clip, small boxes, score
+    # threshold, NMS per level) on the same logits and deltas, many dropped by the threshold.
+    _tv_detection()
+    from torchvision.models.detection.rpn import RegionProposalNetwork as TvRPN
+    from pydetops.ops import decode_boxes
+    levels, num_images = [300, 120, 40], 2
+    top, post = {"training": 50, "testing": 50}, {"training": 40, "testing": 40}
+    theirs = TvRPN(None, None, 0.7, 0.3, 256, 0.5, top, post, 0.7, score_thresh).eval()
+    ours = faster_rcnn(num_classes=3, backbone="tiny").eval().rpn
+    ours._pre_nms_top_n, ours._post_nms_top_n, ours.nms_thresh, ours.score_thresh = top, post, 0.7, score_thresh
+    gen = torch.Generator().manual_seed(7)
+    xy = torch.rand(sum(levels), 2, generator=gen) * 200 - 10
+    anchors = [torch.cat([xy, xy + torch.rand(sum(levels), 2, generator=gen) * 60 + 1], 1)] * num_images
+    objectness = torch.randn(num_images * sum(levels), 1, generator=gen) * 2
+    deltas = torch.randn(num_images * sum(levels), 4, generator=gen) * 0.3
+    shapes = [(180, 200), (150, 190)]
+    proposals = decode_boxes(deltas, torch.cat(anchors)).view(num_images, -1, 4)
+    want, _ = theirs.filter_proposals(proposals, objectness, shapes, levels)
+    got = ours.fused_proposals(objectness, deltas, anchors, shapes, levels)
+    for g, w in zip(got, want):
+        assert 0 < len(w)
+        torch.testing.assert_close(g, w, atol=1e-3, rtol=0)

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ...ops import AnchorGenerator, BoxCoder, ImageList, batched_nms, clip_boxes_to_image, decode_boxes, \
+from ...ops import AnchorGenerator, BoxCoder, ImageList, batched_nms, clip_boxes_to_image, \
     detection_postprocess, remove_small_boxes
 from ..assign import BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS, BalancedSampler, match
 from ..backbones import ConvNormAct
@@ -100,18 +100,12 @@ class RegionProposalNetwork(nn.Module):
         feats = list(features.values())
         logits, deltas = self.head(feats)
         anchors = self.anchor_generator(images, feats)
-        num_images = len(anchors)
         num_anchors_per_level = [int(o[0].numel()) for o in logits]
         objectness = _flatten_levels(logits, 1).reshape(-1, 1)
         pred_deltas = _flatten_levels(deltas, 4).reshape(-1, 4)
 
         # -- 2. proposals: best per level, decode, clip, drop tiny, NMS per level ---------------
-        if self.score_thresh <= 0.0:
-            boxes = self.fused_proposals(objectness, pred_deltas, anchors, images.image_sizes,
-                                         num_anchors_per_level)
-        else:
-            proposals = decode_boxes(pred_deltas.detach(), torch.cat(anchors)).view(num_images, -1, 4)
-            boxes = self.filter_proposals(proposals, objectness, images.image_sizes, num_anchors_per_level)
+        boxes = self.fused_proposals(objectness, pred_deltas, anchors, images.image_sizes, num_anchors_per_level)
 
         losses: Dict[str, Tensor] = {}
         if self.training:
@@ -126,18 +120,22 @@ class RegionProposalNetwork(nn.Module):
 
     def fused_proposals(self, objectness: Tensor, pred_deltas: Tensor, anchors: List[Tensor],
                         image_shapes: List[Tuple[int, int]], num_anchors_per_level: List[int]) -> List[Tensor]:
-        """``filter_proposals`` without a score threshold, in one fused ``detection_postprocess`` call.
+        """``filter_proposals`` in one fused ``detection_postprocess`` call for the whole batch.
 
         The scores given to the kernel are the objectness LOGITS, not their sigmoid: the sigmoid is
         monotone, so the per-level top-k, the NMS order and the final order are torchvision's (which
         takes the top-k on the logits), and logits the float32 sigmoid would round to the same
-        probability (large ones, near 1.0) keep their order. Only used when ``score_thresh <= 0``
-        (every finite logit passes the kernel's ``> -inf`` test, as every probability passes
-        torchvision's ``>= 0``).
+        probability (large ones, near 1.0) keep their order. ``score_thresh`` (torchvision's
+        ``sigmoid(logit) >= score_thresh``, applied after its top-k) becomes a ``-inf`` score for the
+        anchors that fail it: the best k of those that pass are exactly those of the best k overall
+        that pass, since the threshold is monotone in the score.
         """
         num_images = len(anchors)
+        scores = objectness.detach().reshape(num_images, -1, 1)
+        if self.score_thresh > 0.0:
+            scores = scores.masked_fill(torch.sigmoid(scores) < self.score_thresh, float("-inf"))
         out = detection_postprocess(
-            objectness.detach().reshape(num_images, -1, 1), pred_deltas.detach().reshape(num_images, -1, 4),
+            scores, pred_deltas.detach().reshape(num_images, -1, 4),
             torch.stack(anchors), image_shapes, num_anchors_per_level, float("-inf"), self.pre_nms_top_n(),
             self.nms_thresh, self.post_nms_top_n(), (1.0, 1.0, 1.0, 1.0), self.box_coder.bbox_xform_clip,
             self.min_size, True)
@@ -145,7 +143,9 @@ class RegionProposalNetwork(nn.Module):
 
     def filter_proposals(self, proposals: Tensor, objectness: Tensor, image_shapes: List[Tuple[int, int]],
                          num_anchors_per_level: List[int]) -> List[Tensor]:
-        """Tensor[N, A_total, 4] decoded anchors, Tensor[N * A_total, 1] logits -> one Tensor[P_i, 4] per image."""
+        """Tensor[N, A_total, 4] decoded anchors, Tensor[N * A_total, 1] logits -> one Tensor[P_i, 4] per image.
+
+        The per-image reference of ``fused_proposals`` (which ``forward`` uses), torchvision's steps."""
         num_images = proposals.shape[0]
         objectness = objectness.detach().reshape(num_images, -1)
         levels = torch.cat([torch.full((n,), idx, dtype=torch.int64, device=proposals.device)
