@@ -198,6 +198,24 @@ def test_roi_postprocess_batched_with_uneven_proposals_matches_per_image_loop():
 
 
 
+def test_rpn_fused_proposals_only_where_no_torchvision_model_is_matched():
+    assert faster_rcnn(num_classes=3, backbone="tiny").rpn.fused_proposals_enabled
+    assert not faster_rcnn(num_classes=3, backbone="tiny", rpn_fused_proposals=False).rpn.fused_proposals_enabled
+    assert not fasterrcnn_mobilenet_v3_large_fpn(num_classes=3).rpn.fused_proposals_enabled
+    # both paths give the same detections on an image without flat regions (no tied logits)
+    torch.manual_seed(0)
+    fused = faster_rcnn(num_classes=3, backbone="tiny", min_size=96, max_size=128, box_score_thresh=0.0).eval()
+    per_image = faster_rcnn(num_classes=3, backbone="tiny", min_size=96, max_size=128, box_score_thresh=0.0,
+                            rpn_fused_proposals=False).eval()
+    per_image.load_state_dict(fused.state_dict())
+    images = [torch.rand(3, 96, 128, generator=torch.Generator().manual_seed(s)) for s in (1, 2)]
+    with torch.no_grad():
+        a, b = fused(images), per_image(images)
+    for x, y in zip(a, b):
+        assert x["boxes"].shape[0] > 0 and torch.equal(x["labels"], y["labels"])
+        torch.testing.assert_close(x["boxes"], y["boxes"], atol=1e-4, rtol=0)
+
+
 def test_rpn_fused_proposals_match_the_per_image_filter():
     from pydetops.ops import decode_boxes
     rpn = faster_rcnn(num_classes=3, backbone="tiny").eval().rpn

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ...ops import AnchorGenerator, BoxCoder, ImageList, batched_nms, clip_boxes_to_image, \
+from ...ops import AnchorGenerator, BoxCoder, ImageList, batched_nms, clip_boxes_to_image, decode_boxes, \
     detection_postprocess, remove_small_boxes
 from ..assign import BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS, BalancedSampler, match
 from ..backbones import ConvNormAct
@@ -73,7 +73,7 @@ class RegionProposalNetwork(nn.Module):
     def __init__(self, anchor_generator: AnchorGenerator, head: RPNHead, fg_iou_thresh: float,
                  bg_iou_thresh: float, batch_size_per_image: int, positive_fraction: float,
                  pre_nms_top_n: Dict[str, int], post_nms_top_n: Dict[str, int], nms_thresh: float,
-                 score_thresh: float = 0.0):
+                 score_thresh: float = 0.0, fused_proposals: bool = False):
         super().__init__()
         self.anchor_generator = anchor_generator
         self.head = head
@@ -86,6 +86,9 @@ class RegionProposalNetwork(nn.Module):
         self.nms_thresh = nms_thresh
         self.score_thresh = score_thresh
         self.min_size = 1e-3
+        # True: fused_proposals (one kernel call); False: filter_proposals (torchvision's steps, exact
+        # also among equal logits). See FasterRCNN's rpn_fused_proposals.
+        self.fused_proposals_enabled = fused_proposals
 
     def pre_nms_top_n(self) -> int:
         return self._pre_nms_top_n["training" if self.training else "testing"]
@@ -105,7 +108,12 @@ class RegionProposalNetwork(nn.Module):
         pred_deltas = _flatten_levels(deltas, 4).reshape(-1, 4)
 
         # -- 2. proposals: best per level, decode, clip, drop tiny, NMS per level ---------------
-        boxes = self.fused_proposals(objectness, pred_deltas, anchors, images.image_sizes, num_anchors_per_level)
+        if self.fused_proposals_enabled:
+            boxes = self.fused_proposals(objectness, pred_deltas, anchors, images.image_sizes,
+                                         num_anchors_per_level)
+        else:
+            proposals = decode_boxes(pred_deltas.detach(), torch.cat(anchors)).view(len(anchors), -1, 4)
+            boxes = self.filter_proposals(proposals, objectness, images.image_sizes, num_anchors_per_level)
 
         losses: Dict[str, Tensor] = {}
         if self.training:
@@ -129,6 +137,10 @@ class RegionProposalNetwork(nn.Module):
         ``sigmoid(logit) >= score_thresh``, applied after its top-k) becomes a ``-inf`` score for the
         anchors that fail it: the best k of those that pass are exactly those of the best k overall
         that pass, since the threshold is monotone in the score.
+
+        Among EQUAL logits (flat image regions give many) the kernel keeps the lower anchor index,
+        where torchvision keeps whatever ``torch.topk`` and its NMS sort return: the proposals can
+        then differ from torchvision's (not more or less correct: the order of ties is unspecified).
         """
         num_images = len(anchors)
         scores = objectness.detach().reshape(num_images, -1, 1)
@@ -145,7 +157,7 @@ class RegionProposalNetwork(nn.Module):
                          num_anchors_per_level: List[int]) -> List[Tensor]:
         """Tensor[N, A_total, 4] decoded anchors, Tensor[N * A_total, 1] logits -> one Tensor[P_i, 4] per image.
 
-        The per-image reference of ``fused_proposals`` (which ``forward`` uses), torchvision's steps."""
+        torchvision's steps, per image (``forward`` uses them unless ``fused_proposals_enabled``)."""
         num_images = proposals.shape[0]
         objectness = objectness.detach().reshape(num_images, -1)
         levels = torch.cat([torch.full((n,), idx, dtype=torch.int64, device=proposals.device)
