@@ -8,8 +8,9 @@ One 800 x 1088 image (already the size both models resize to), CPU.
 Both models are built as torchvision's pretrained detectors are (FrozenBatchNorm2d backbone,
 3 trainable stages), with random weights and random BN statistics loaded into both, so the
 arithmetic is the same; detections are checked equal before timing. For each case the median
-of ``--repeats`` calls (after one warm-up) is printed, with a per-stage breakdown (transform +
-backbone, rpn, roi_heads) taken by forward hooks on the same-named submodules of both models.
+of ``--repeats`` calls (after one warm-up) is printed, with a per-stage breakdown (transform,
+backbone, rpn, roi_heads, postprocess) taken by forward hooks on the same-named submodules of both
+models (pydetops.bench.models.StageTimer).
 
 The variants run interleaved (round after round, each variant once per round) so that a change
 of load on a shared machine hits them alike. Ours is timed as shipped (``default``) and with ``optimize_for_inference()`` (BN folded into the
@@ -20,10 +21,13 @@ import copy
 import os
 import statistics
 import sys
-import tempfile
 import time
 
 import torch
+
+# The shared pieces (stage timer, the same-weights model pair, the test image) live with the
+# model cases of ``python -m pydetops.bench`` (pydetops/bench/models.py).
+from pydetops.bench.models import StageTimer, agreement, model_pair, structured_image
 
 
 def _load_avg():
@@ -33,76 +37,12 @@ def _load_avg():
         return float("nan")
 
 
-class StageTimer:
-    """Wall time of the model's backbone / rpn / roi_heads forwards (hooks), per call."""
-
-    def __init__(self, model):
-        self.t = {}
-        self._start = {}
-        for name in ("backbone", "rpn", "roi_heads"):
-            mod = getattr(model, name)
-            mod.register_forward_pre_hook(self._pre(name))
-            mod.register_forward_hook(self._post(name))
-
-    def _pre(self, name):
-        def hook(module, args):
-            self._start[name] = time.perf_counter()
-        return hook
-
-    def _post(self, name):
-        def hook(module, args, out):
-            self.t.setdefault(name, []).append(time.perf_counter() - self._start[name])
-        return hook
-
-    def medians(self):
-        return {k: statistics.median(v) for k, v in self.t.items()}
-
-    def reset(self):
-        self.t = {}
-
-
-def _tv_models(kind, num_classes=91):
-    from torchvision.models import mobilenet_v3_large
-    from torchvision.models.detection import FasterRCNN
-    from torchvision.models.detection.anchor_utils import AnchorGenerator
-    from torchvision.models.detection.backbone_utils import _mobilenet_extractor, resnet_fpn_backbone
-    from torchvision.ops.misc import FrozenBatchNorm2d
-    if kind == "r50":
-        backbone = resnet_fpn_backbone(backbone_name="resnet50", weights=None, norm_layer=FrozenBatchNorm2d,
-                                       trainable_layers=3)
-        return FasterRCNN(backbone, num_classes)
-    backbone = _mobilenet_extractor(mobilenet_v3_large(weights=None, norm_layer=FrozenBatchNorm2d), True, 3)
-    anchors = AnchorGenerator(((32, 64, 128, 256, 512),) * 3, ((0.5, 1.0, 2.0),) * 3)
-    return FasterRCNN(backbone, num_classes, rpn_anchor_generator=anchors, rpn_score_thresh=0.05)
-
-
 def _pair(kind):
-    from pydetops.models import fasterrcnn_mobilenet_v3_large_fpn, fasterrcnn_resnet50_fpn
-    torch.manual_seed(0)
-    theirs = _tv_models(kind)
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():  # peaky class scores, as a trained model's, so that there are detections
-        theirs.roi_heads.box_predictor.cls_score.weight.mul_(30.0 if kind == "r50" else 300.0)
-    for name, buf in theirs.named_buffers():
-        if name.endswith("running_mean"):
-            buf.copy_(torch.randn(buf.shape, generator=g) * 0.1)
-        elif name.endswith("running_var"):
-            buf.copy_(torch.rand(buf.shape, generator=g) + 0.5)
-    with tempfile.TemporaryDirectory() as d:
-        path = os.path.join(d, "w.pt")
-        torch.save(theirs.state_dict(), path)
-        ctor = fasterrcnn_resnet50_fpn if kind == "r50" else fasterrcnn_mobilenet_v3_large_fpn
-        ours = ctor(weights=path)  # weights given -> FrozenBatchNorm2d, 3 trainable stages, as theirs
-    return ours, theirs
+    return model_pair(kind)
 
 
 def _image():
-    g = torch.Generator().manual_seed(0)
-    img = torch.rand(3, 800, 1088, generator=g) * 0.3
-    for k in range(12):  # some structure so that the RPN ranks boxes meaningfully
-        y, x = 50 * k + 20, 80 * k + 10
-        img[k % 3, y:y + 120, x:x + 160] = 0.9
-    return img
+    return structured_image(800, 1088)
 
 
 def _fmt_stages(st):
@@ -111,11 +51,8 @@ def _fmt_stages(st):
 
 def _agreement(a, b, tol):
     """How many of b's detections a has too (same label, every coordinate within tol), and the counts."""
-    hit = 0
-    for box, label in zip(b["boxes"], b["labels"]):
-        close = (a["labels"] == label) & ((a["boxes"] - box).abs().amax(dim=1) <= tol)
-        hit += int(close.any())
-    return f"{hit}/{len(b['boxes'])} of torchvision's detections found in ours ({len(a['boxes'])}) within {tol} px"
+    hit, total = agreement(a, b, tol)
+    return f"{hit}/{total} of torchvision's detections found in ours ({len(a['boxes'])}) within {tol} px"
 
 
 def _interleaved(calls, repeats):

@@ -153,6 +153,100 @@ def test_bad_calls_raise():
         fasterrcnn_resnet50_fpn(trainable_backbone_layers=6)
 
 
+
+def _roi_postprocess_reference(heads, class_logits, box_regression, proposals, image_shapes):
+    # The per-image loop the fused detection_postprocess call replaced, in float64.
+    from pydetops.ops import batched_nms, decode_boxes, remove_small_boxes
+    num_classes = class_logits.shape[-1]
+    sizes = [len(p) for p in proposals]
+    out = []
+    for codes, props, scores, shape in zip(box_regression.double().split(sizes), proposals,
+                                           torch.softmax(class_logits.double(), -1).split(sizes), image_shapes):
+        boxes = decode_boxes(codes, props.double(), heads.box_coder.weights, heads.box_coder.bbox_xform_clip, shape)
+        boxes = boxes.reshape(-1, num_classes, 4)[:, 1:].reshape(-1, 4)
+        labels = torch.arange(num_classes).view(1, -1).expand_as(scores)[:, 1:].reshape(-1)
+        scores = scores[:, 1:].reshape(-1)
+        keep = torch.where(scores > heads.score_thresh)[0]
+        boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+        keep = remove_small_boxes(boxes, 1e-2)
+        boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+        keep = batched_nms(boxes, scores, labels, heads.nms_thresh)[: heads.detections_per_img]
+        out.append({"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]})
+    return out
+
+
+def test_roi_postprocess_batched_with_uneven_proposals_matches_per_image_loop():
+    heads = faster_rcnn(num_classes=5, backbone="tiny").eval().roi_heads
+    gen = torch.Generator().manual_seed(3)
+    shapes = [(100, 90), (70, 120), (100, 100), (64, 64)]
+    for counts in ([0, 37, 12, 50], [25, 25, 25, 25], [40]):
+        proposals = []
+        for n in counts:
+            xy = torch.rand(n, 2, generator=gen) * 80
+            proposals.append(torch.cat([xy, xy + torch.rand(n, 2, generator=gen) * 40 + 0.005], 1))
+        logits = torch.randn(sum(counts), 5, generator=gen) * 2
+        logits[: min(6, sum(counts))] = 3.0  # equal scores across proposals and classes
+        regression = torch.randn(sum(counts), 20, generator=gen)
+        got = heads.postprocess_detections(logits, regression, proposals, shapes[: len(counts)])
+        want = _roi_postprocess_reference(heads, logits, regression, proposals, shapes[: len(counts)])
+        assert len(got) == len(counts)
+        for g, w in zip(got, want):
+            assert g["labels"].dtype == torch.int64 and g["labels"].tolist() == w["labels"].tolist()
+            assert g["boxes"].dtype == torch.float32
+            torch.testing.assert_close(g["boxes"].double(), w["boxes"], atol=1e-3, rtol=0)
+            torch.testing.assert_close(g["scores"].double(), w["scores"], atol=1e-6, rtol=0)
+
+
+
+def test_rpn_fused_proposals_only_where_no_torchvision_model_is_matched():
+    assert faster_rcnn(num_classes=3, backbone="tiny").rpn.fused_proposals_enabled
+    assert not faster_rcnn(num_classes=3, backbone="tiny", rpn_fused_proposals=False).rpn.fused_proposals_enabled
+    assert not fasterrcnn_mobilenet_v3_large_fpn(num_classes=3).rpn.fused_proposals_enabled
+    # both paths give the same detections on an image without flat regions (no tied logits)
+    torch.manual_seed(0)
+    fused = faster_rcnn(num_classes=3, backbone="tiny", min_size=96, max_size=128, box_score_thresh=0.0).eval()
+    per_image = faster_rcnn(num_classes=3, backbone="tiny", min_size=96, max_size=128, box_score_thresh=0.0,
+                            rpn_fused_proposals=False).eval()
+    per_image.load_state_dict(fused.state_dict())
+    images = [torch.rand(3, 96, 128, generator=torch.Generator().manual_seed(s)) for s in (1, 2)]
+    with torch.no_grad():
+        a, b = fused(images), per_image(images)
+    for x, y in zip(a, b):
+        assert x["boxes"].shape[0] > 0 and torch.equal(x["labels"], y["labels"])
+        torch.testing.assert_close(x["boxes"], y["boxes"], atol=1e-4, rtol=0)
+
+
+def test_rpn_fused_proposals_match_the_per_image_filter():
+    from pydetops.ops import decode_boxes
+    rpn = faster_rcnn(num_classes=3, backbone="tiny").eval().rpn
+    rpn._pre_nms_top_n = {"training": 12, "testing": 12}
+    rpn._post_nms_top_n = {"training": 9, "testing": 9}
+    gen = torch.Generator().manual_seed(5)
+    levels, num_images = [40, 25, 6], 3
+    xy = torch.rand(sum(levels), 2, generator=gen) * 60 - 5
+    anchors = [torch.cat([xy, xy + torch.rand(sum(levels), 2, generator=gen) * 30], 1)] * num_images
+    shapes = [(64, 64), (50, 64), (64, 40)]
+    for scale, thresh in ((1.0, 0.0), (30.0, 0.0), (1.0, 0.8)):
+        # scale 30: the float32 sigmoids of many logits round to 1.0; thresh 0.8: drops ~90 % of the
+        # anchors, many of them among the per-level top 12 (the reference thresholds sigmoid(logit / scale)
+        # then, so it is only run with scale 1)
+        rpn.score_thresh = thresh
+        objectness = torch.randn(num_images * sum(levels), 1, generator=gen) * scale
+        deltas = torch.randn(num_images * sum(levels), 4, generator=gen) * 0.5
+        got = rpn.fused_proposals(objectness, deltas, anchors, shapes, levels)
+        assert all(0 < len(g) <= 9 for g in got)
+        # the reference path on logits / scale: the same order (the fused path ranks by logit),
+        # but no two sigmoids rounded to one float
+        proposals = decode_boxes(deltas, torch.cat(anchors)).view(num_images, -1, 4)
+        want = rpn.filter_proposals(proposals, objectness / scale, shapes, levels)
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w, atol=1e-4, rtol=0)
+        if thresh > 0:
+            rpn.score_thresh = 0.0
+            unfiltered = rpn.fused_proposals(objectness, deltas, anchors, shapes, levels)
+            assert sum(map(len, got)) < sum(map(len, unfiltered))  # the threshold did drop proposals
+
+
 # ---------------------------------------------------------------- torchvision parity
 
 def _tv_detection():
@@ -256,3 +350,29 @@ def test_weights_backbone_from_a_classification_checkpoint(tmp_path):
     torch.save(state, tmp_path / "bad.pt")
     with pytest.raises(ValueError, match="weights_backbone"):
         fasterrcnn_mobilenet_v3_large_fpn(weights_backbone=str(tmp_path / "bad.pt"))
+
+
+@pytest.mark.parametrize("score_thresh", [0.0, 0.75])
+def test_rpn_fused_proposals_match_torchvisions_filter(score_thresh):
+    # torchvision's own RPN filter (top-k on the logits, then sigmoid, clip, small boxes, score
+    # threshold, NMS per level) on the same logits and deltas, many dropped by the threshold.
+    _tv_detection()
+    from torchvision.models.detection.rpn import RegionProposalNetwork as TvRPN
+    from pydetops.ops import decode_boxes
+    levels, num_images = [300, 120, 40], 2
+    top, post = {"training": 50, "testing": 50}, {"training": 40, "testing": 40}
+    theirs = TvRPN(None, None, 0.7, 0.3, 256, 0.5, top, post, 0.7, score_thresh).eval()
+    ours = faster_rcnn(num_classes=3, backbone="tiny").eval().rpn
+    ours._pre_nms_top_n, ours._post_nms_top_n, ours.nms_thresh, ours.score_thresh = top, post, 0.7, score_thresh
+    gen = torch.Generator().manual_seed(7)
+    xy = torch.rand(sum(levels), 2, generator=gen) * 200 - 10
+    anchors = [torch.cat([xy, xy + torch.rand(sum(levels), 2, generator=gen) * 60 + 1], 1)] * num_images
+    objectness = torch.randn(num_images * sum(levels), 1, generator=gen) * 2
+    deltas = torch.randn(num_images * sum(levels), 4, generator=gen) * 0.3
+    shapes = [(180, 200), (150, 190)]
+    proposals = decode_boxes(deltas, torch.cat(anchors)).view(num_images, -1, 4)
+    want, _ = theirs.filter_proposals(proposals, objectness, shapes, levels)
+    got = ours.fused_proposals(objectness, deltas, anchors, shapes, levels)
+    for g, w in zip(got, want):
+        assert 0 < len(w)
+        torch.testing.assert_close(g, w, atol=1e-3, rtol=0)

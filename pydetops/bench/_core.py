@@ -20,6 +20,9 @@ class Case:
     device: str = "cpu"
     comparable: bool = True      # False: the baseline is no fair stand-in; no speed-up is claimed
     note: str = ""               # printed as a footnote under the table
+    # Called once after the case is timed, with its row; returns a line printed under the table
+    # (e.g. a per-stage breakdown), kept in the row as "details". None: nothing.
+    details: Optional[Callable[[dict], str]] = None
 
 
 # ---- which baseline: torchvision when it is usable here ---------------------------------------
@@ -271,7 +274,10 @@ def run_cases(cases: List[Case], repeats: int, progress: Callable[[str], None]) 
                 w, c = _time_calls(case.baseline, case.device, per_round, 1, 0.0)
                 base_w += w
                 base_c += c
-        rows.append(make_row(case, ours_w, base_w, ours_c, base_c))
+        row = make_row(case, ours_w, base_w, ours_c, base_c)
+        if case.details is not None:
+            row["details"] = case.details(row)
+        rows.append(row)
     return rows
 
 
@@ -324,4 +330,5 @@ def format_table(rows: List[dict]) -> str:
     if any(r.get("wide") or r.get("waited") for r in rows):
         lines.append(RERUN_HINT)
     lines += [f"[{k}] {n}" for k, n in enumerate(notes, 1)]
+    lines += [f"{r['op']} {r['config']}: {r['details']}" for r in rows if r.get("details")]
     return "\n".join(lines)

@@ -8,7 +8,7 @@ from typing import List, Tuple
 import torch
 from torch import Tensor
 
-from ..ops import box_iou
+from ..ops import match_boxes
 
 __all__ = ["BELOW_LOW_THRESHOLD", "BETWEEN_THRESHOLDS", "match", "BalancedSampler"]
 
@@ -34,8 +34,9 @@ def match(gt_boxes: Tensor, boxes: Tensor, high_threshold: float, low_threshold:
         highest IoU of each box with any ground truth). On equal IoUs the lowest
         ground-truth index wins.
 
-    This is where a fused kernel that never materialises the G x N IoU matrix goes
-    (``pydetops.ops.match_boxes``): everything else calls only this function.
+    Computed by the fused ``pydetops.ops.match_boxes`` kernel, which streams the boxes
+    against the ground truths and never materialises the G x N IoU matrix; everything
+    else calls only this function.
     """
     if gt_boxes.numel() == 0:
         raise ValueError("gt_boxes: no ground-truth boxes available for one of the images during training")
@@ -43,18 +44,7 @@ def match(gt_boxes: Tensor, boxes: Tensor, high_threshold: float, low_threshold:
         raise ValueError("boxes: no anchors or proposals available for one of the images during training")
     if low_threshold > high_threshold:
         raise ValueError(f"low_threshold ({low_threshold}) must be <= high_threshold ({high_threshold})")
-    iou = box_iou(gt_boxes, boxes)  # [G, N]
-    best_iou, matches = iou.max(dim=0)
-    all_matches = matches.clone() if allow_low_quality_matches else matches
-    matches = torch.where(best_iou < low_threshold, torch.full_like(matches, BELOW_LOW_THRESHOLD), matches)
-    between = (best_iou >= low_threshold) & (best_iou < high_threshold)
-    matches = torch.where(between, torch.full_like(matches, BETWEEN_THRESHOLDS), matches)
-    if allow_low_quality_matches:
-        best_per_gt = iou.max(dim=1).values
-        keep = torch.where(iou == best_per_gt[:, None])[1]
-        matches[keep] = all_matches[keep]
-    return matches, best_iou
-
+    return match_boxes(boxes, gt_boxes, high_threshold, low_threshold, allow_low_quality_matches)
 
 class BalancedSampler:
     """Draws up to ``batch_size_per_image`` samples per image, ``positive_fraction`` of them

@@ -79,6 +79,13 @@ class FasterRCNN(nn.Module):
     """Faster R-CNN from its parts (torchvision's ``FasterRCNN`` keyword arguments and defaults).
 
     ``backbone`` must have ``out_channels`` and return a Tensor or an ordered dict of feature maps.
+
+    ``rpn_fused_proposals`` (not a torchvision keyword): select the RPN's proposals with one fused
+    ``detection_postprocess`` call for the batch instead of torchvision's per-image steps. Same
+    proposals, except among EQUAL objectness logits (flat image regions give many), where the
+    fused kernel keeps the lower anchor index and torchvision whatever ``torch.topk`` / its NMS
+    sort returns; so it is off by default (torchvision's detections, tests/test_models_faster_rcnn.py)
+    and on in :func:`faster_rcnn`.
     """
 
     def __init__(self, backbone: nn.Module, num_classes: Optional[int] = None,
@@ -91,7 +98,7 @@ class FasterRCNN(nn.Module):
                  rpn_post_nms_top_n_train: int = 2000, rpn_post_nms_top_n_test: int = 1000,
                  rpn_nms_thresh: float = 0.7, rpn_fg_iou_thresh: float = 0.7, rpn_bg_iou_thresh: float = 0.3,
                  rpn_batch_size_per_image: int = 256, rpn_positive_fraction: float = 0.5,
-                 rpn_score_thresh: float = 0.0,
+                 rpn_score_thresh: float = 0.0, rpn_fused_proposals: bool = False,
                  # Box
                  box_roi_pool: Optional[nn.Module] = None, box_head: Optional[nn.Module] = None,
                  box_predictor: Optional[nn.Module] = None, box_score_thresh: float = 0.05,
@@ -129,7 +136,7 @@ class FasterRCNN(nn.Module):
             rpn_anchor_generator, rpn_head, rpn_fg_iou_thresh, rpn_bg_iou_thresh, rpn_batch_size_per_image,
             rpn_positive_fraction, dict(training=rpn_pre_nms_top_n_train, testing=rpn_pre_nms_top_n_test),
             dict(training=rpn_post_nms_top_n_train, testing=rpn_post_nms_top_n_test), rpn_nms_thresh,
-            rpn_score_thresh)
+            rpn_score_thresh, fused_proposals=rpn_fused_proposals)
         self.roi_heads = RoIHeads(
             box_roi_pool, box_head, box_predictor, box_fg_iou_thresh, box_bg_iou_thresh, box_batch_size_per_image,
             box_positive_fraction, bbox_reg_weights, box_score_thresh, box_nms_thresh, box_detections_per_img,
@@ -297,7 +304,8 @@ def faster_rcnn(num_classes: int, backbone: str = "resnet18", fpn: bool = True, 
         min_size, max_size: image resize (short side, cap of the long side).
         fpn_channels: FPN width; representation_size: the box head's FC width.
         weights: None or a local ``state_dict`` file of this same configuration.
-        **kwargs: any ``FasterRCNN`` keyword (e.g. ``box_score_thresh``, ``rpn_pre_nms_top_n_test``).
+        **kwargs: any ``FasterRCNN`` keyword (e.g. ``box_score_thresh``, ``rpn_pre_nms_top_n_test``;
+            ``rpn_fused_proposals`` is True here: no torchvision model to match).
 
     Defaults follow the seeds: RPN positive IoU >= 0.7 (or best per gt), negative < 0.3, 256 per
     image at 1:1; RoI head 512 per image, 25 % foreground (IoU >= 0.5), background IoU in
@@ -320,7 +328,7 @@ def faster_rcnn(num_classes: int, backbone: str = "resnet18", fpn: bool = True, 
             body = _SingleMap(trunk, trunk.channels[-1])
     else:
         raise ValueError(f"backbone: must be 'resnet18', 'resnet50' or 'tiny', got {backbone!r}")
-    defaults = dict(min_size=min_size, max_size=max_size, box_bg_iou_low=0.1,
+    defaults = dict(min_size=min_size, max_size=max_size, box_bg_iou_low=0.1, rpn_fused_proposals=True,
                     rpn_pre_nms_top_n_train=1000, rpn_post_nms_top_n_train=500,
                     rpn_pre_nms_top_n_test=500, rpn_post_nms_top_n_test=300)
     if fpn:

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ...ops import BoxCoder, batched_nms, decode_boxes, remove_small_boxes
+from ...ops import BoxCoder, detection_postprocess
 from ..assign import BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS, BalancedSampler, match
 from ..losses import smooth_l1_loss
 
@@ -142,23 +142,36 @@ class RoIHeads(nn.Module):
 
     def postprocess_detections(self, class_logits: Tensor, box_regression: Tensor, proposals: List[Tensor],
                                image_shapes: List[Tuple[int, int]]) -> List[Dict[str, Tensor]]:
-        """Per image: decode per class, clip, drop background / low scores / tiny boxes, NMS per class,
-        keep the best ``detections_per_img``."""
+        """Decode per class, clip, drop background / low scores / tiny boxes, NMS per class, keep the
+        best ``detections_per_img``: all images in one fused ``detection_postprocess`` call.
+
+        Images with fewer proposals than the largest are padded with ``-inf`` scores (never kept).
+        """
         num_classes = class_logits.shape[-1]
-        scores_all = F.softmax(class_logits, -1).split([len(p) for p in proposals])
-        codes_all = box_regression.split([len(p) for p in proposals])
-        out: List[Dict[str, Tensor]] = []
-        for codes, props, scores, shape in zip(codes_all, proposals, scores_all, image_shapes):
-            w = self.box_coder.weights
-            boxes = decode_boxes(codes, props, w, self.box_coder.bbox_xform_clip, shape).reshape(-1, num_classes, 4)
-            labels = torch.arange(num_classes, device=scores.device).view(1, -1).expand_as(scores)
-            boxes = boxes[:, 1:].reshape(-1, 4)
-            scores = scores[:, 1:].reshape(-1)
-            labels = labels[:, 1:].reshape(-1)
-            keep = torch.where(scores > self.score_thresh)[0]
-            boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-            keep = remove_small_boxes(boxes, 1e-2)
-            boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-            keep = batched_nms(boxes, scores, labels, self.nms_thresh)[: self.detections_per_img]
-            out.append({"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]})
+        counts = [int(p.shape[0]) for p in proposals]
+        num_images = len(proposals)
+        most = max(counts) if num_images > 0 else 0
+        scores = F.softmax(class_logits, -1)[:, 1:]
+        codes = box_regression[:, 4:]
+        if num_images == 1 or all(c == most for c in counts):
+            scores_b = scores.reshape(num_images, most, num_classes - 1)
+            codes_b = codes.reshape(num_images, most, 4 * (num_classes - 1))
+            props_b = torch.stack(proposals) if num_images > 0 else codes.new_zeros((0, 0, 4))
+        else:
+            scores_b = scores.new_full((num_images, most, num_classes - 1), float("-inf"))
+            codes_b = codes.new_zeros((num_images, most, 4 * (num_classes - 1)))
+            props_b = codes.new_zeros((num_images, most, 4))
+            offset = 0
+            for i, n in enumerate(counts):
+                scores_b[i, :n] = scores[offset:offset + n]
+                codes_b[i, :n] = codes[offset:offset + n]
+                props_b[i, :n] = proposals[i]
+                offset += n
+        w = self.box_coder.weights
+        out = detection_postprocess(
+            scores_b, codes_b, props_b, image_shapes, None, self.score_thresh, -1, self.nms_thresh,
+            self.detections_per_img, (float(w[0]), float(w[1]), float(w[2]), float(w[3])),
+            self.box_coder.bbox_xform_clip, 1e-2, False)
+        for det in out:
+            det["labels"] = det["labels"] + 1
         return out

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...ops import AnchorGenerator, BoxCoder, ImageList, batched_nms, clip_boxes_to_image, decode_boxes, \
-    remove_small_boxes
+    detection_postprocess, remove_small_boxes
 from ..assign import BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS, BalancedSampler, match
 from ..backbones import ConvNormAct
 from ..losses import objectness_loss, smooth_l1_loss
@@ -73,7 +73,7 @@ class RegionProposalNetwork(nn.Module):
     def __init__(self, anchor_generator: AnchorGenerator, head: RPNHead, fg_iou_thresh: float,
                  bg_iou_thresh: float, batch_size_per_image: int, positive_fraction: float,
                  pre_nms_top_n: Dict[str, int], post_nms_top_n: Dict[str, int], nms_thresh: float,
-                 score_thresh: float = 0.0):
+                 score_thresh: float = 0.0, fused_proposals: bool = False):
         super().__init__()
         self.anchor_generator = anchor_generator
         self.head = head
@@ -86,6 +86,9 @@ class RegionProposalNetwork(nn.Module):
         self.nms_thresh = nms_thresh
         self.score_thresh = score_thresh
         self.min_size = 1e-3
+        # True: fused_proposals (one kernel call); False: filter_proposals (torchvision's steps, exact
+        # also among equal logits). See FasterRCNN's rpn_fused_proposals.
+        self.fused_proposals_enabled = fused_proposals
 
     def pre_nms_top_n(self) -> int:
         return self._pre_nms_top_n["training" if self.training else "testing"]
@@ -100,14 +103,17 @@ class RegionProposalNetwork(nn.Module):
         feats = list(features.values())
         logits, deltas = self.head(feats)
         anchors = self.anchor_generator(images, feats)
-        num_images = len(anchors)
         num_anchors_per_level = [int(o[0].numel()) for o in logits]
         objectness = _flatten_levels(logits, 1).reshape(-1, 1)
         pred_deltas = _flatten_levels(deltas, 4).reshape(-1, 4)
 
-        # -- 2. proposals: decode, best per level, clip, drop tiny, NMS per level ---------------
-        proposals = decode_boxes(pred_deltas.detach(), torch.cat(anchors)).view(num_images, -1, 4)
-        boxes = self.filter_proposals(proposals, objectness, images.image_sizes, num_anchors_per_level)
+        # -- 2. proposals: best per level, decode, clip, drop tiny, NMS per level ---------------
+        if self.fused_proposals_enabled:
+            boxes = self.fused_proposals(objectness, pred_deltas, anchors, images.image_sizes,
+                                         num_anchors_per_level)
+        else:
+            proposals = decode_boxes(pred_deltas.detach(), torch.cat(anchors)).view(len(anchors), -1, 4)
+            boxes = self.filter_proposals(proposals, objectness, images.image_sizes, num_anchors_per_level)
 
         losses: Dict[str, Tensor] = {}
         if self.training:
@@ -120,9 +126,38 @@ class RegionProposalNetwork(nn.Module):
             losses = {"loss_objectness": loss_obj, "loss_rpn_box_reg": loss_box}
         return boxes, losses
 
+    def fused_proposals(self, objectness: Tensor, pred_deltas: Tensor, anchors: List[Tensor],
+                        image_shapes: List[Tuple[int, int]], num_anchors_per_level: List[int]) -> List[Tensor]:
+        """``filter_proposals`` in one fused ``detection_postprocess`` call for the whole batch.
+
+        The scores given to the kernel are the objectness LOGITS, not their sigmoid: the sigmoid is
+        monotone, so the per-level top-k, the NMS order and the final order are torchvision's (which
+        takes the top-k on the logits), and logits the float32 sigmoid would round to the same
+        probability (large ones, near 1.0) keep their order. ``score_thresh`` (torchvision's
+        ``sigmoid(logit) >= score_thresh``, applied after its top-k) becomes a ``-inf`` score for the
+        anchors that fail it: the best k of those that pass are exactly those of the best k overall
+        that pass, since the threshold is monotone in the score.
+
+        Among EQUAL logits (flat image regions give many) the kernel keeps the lower anchor index,
+        where torchvision keeps whatever ``torch.topk`` and its NMS sort return: the proposals can
+        then differ from torchvision's (not more or less correct: the order of ties is unspecified).
+        """
+        num_images = len(anchors)
+        scores = objectness.detach().reshape(num_images, -1, 1)
+        if self.score_thresh > 0.0:
+            scores = scores.masked_fill(torch.sigmoid(scores) < self.score_thresh, float("-inf"))
+        out = detection_postprocess(
+            scores, pred_deltas.detach().reshape(num_images, -1, 4),
+            torch.stack(anchors), image_shapes, num_anchors_per_level, float("-inf"), self.pre_nms_top_n(),
+            self.nms_thresh, self.post_nms_top_n(), (1.0, 1.0, 1.0, 1.0), self.box_coder.bbox_xform_clip,
+            self.min_size, True)
+        return [d["boxes"] for d in out]
+
     def filter_proposals(self, proposals: Tensor, objectness: Tensor, image_shapes: List[Tuple[int, int]],
                          num_anchors_per_level: List[int]) -> List[Tensor]:
-        """Tensor[N, A_total, 4] decoded anchors, Tensor[N * A_total, 1] logits -> one Tensor[P_i, 4] per image."""
+        """Tensor[N, A_total, 4] decoded anchors, Tensor[N * A_total, 1] logits -> one Tensor[P_i, 4] per image.
+
+        torchvision's steps, per image (``forward`` uses them unless ``fused_proposals_enabled``)."""
         num_images = proposals.shape[0]
         objectness = objectness.detach().reshape(num_images, -1)
         levels = torch.cat([torch.full((n,), idx, dtype=torch.int64, device=proposals.device)
