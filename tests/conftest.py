@@ -15,8 +15,12 @@ import torch
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
-# The message torch.jit.script warns with (torch/jit/_script.py) since torch 2.13.
-TORCHSCRIPT_DEPRECATION = "ignore:`torch.jit.script` is deprecated:DeprecationWarning"
+# The message torch.jit.script warns with (torch/jit/_script.py): a DeprecationWarning in
+# torch 2.13, a FutureWarning from torch 2.14 on.
+TORCHSCRIPT_DEPRECATION = [
+    "ignore:`torch.jit.script` is deprecated:DeprecationWarning",
+    "ignore:`torch.jit.script` is deprecated:FutureWarning",
+]
 
 
 def pytest_configure(config):
@@ -27,7 +31,8 @@ def pytest_configure(config):
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("torchscript") is not None:
-            item.add_marker(pytest.mark.filterwarnings(TORCHSCRIPT_DEPRECATION))
+            for rule in TORCHSCRIPT_DEPRECATION:
+                item.add_marker(pytest.mark.filterwarnings(rule))
 
 
 @pytest.fixture(params=DEVICES)
