@@ -37,7 +37,7 @@ def test_model_cases_run_on_a_tiny_image():
     train = rows[2]
     assert train["baseline_ms"] is None and train["speedup"] is None
     rate = float(train["details"].split(" images/s")[0])
-    assert rate == pytest.approx(2 / (train["ours_ms"] / 1e3), rel=1e-3)
+    assert rate == pytest.approx(2 / (train["ours_ms"] / 1e3), abs=0.05 + 1e-9)  # printed with one decimal
     table = _core.format_table(rows)
     assert table.splitlines()[-1] == f"faster_rcnn_tiny train step batch 2 64x64: {train['details']}"
 
