@@ -1,0 +1,230 @@
+"""Fully convolutional semantic segmentation (Long, Shelhamer, Darrell 2015; the decoder of
+Noh et al. / the seeds' "downsample then upsample" network).
+
+No fully connected layer anywhere: a C x H x W score map for an image of any size, one
+class (C = categories + background) per pixel. Read top-down, as the seeds:
+
+1. ``normalize`` / pad  mean/std; pad the batch to a multiple of the encoder's stride (so any
+                        image, even one smaller than the stride, gives a score map of its own size);
+2. ``encoder``          ``depth`` stages of two 3x3 conv-norm-ReLU layers and a 2x2 max pool
+                        (stride 2 each: the network's stride is ``2 ** depth``); the pools keep
+                        their argmax indices for max unpooling;
+3. ``decoder``          ``depth`` stages of one up-sampler (x2) and a 3x3 conv-norm-ReLU, one of
+                        the seeds' four up-samplers, all pydetops ops:
+                        ``"nearest"``       nearest-neighbour unpooling (each value fills its 2x2 block),
+                        ``"bed_of_nails"``  the value at the block's top-left corner, zeros elsewhere,
+                        ``"max_unpool"``    back to where the matching encoder pool found its max
+                                            (``max_unpool2d`` with that pool's indices),
+                        ``"transpose"``     a learned 4x4 stride-2 transpose convolution
+                                            (``ConvTranspose2d``, initialised to bilinear up-sampling);
+4. ``classifier``       a 1x1 conv to C scores per pixel;
+5. loss                 per-pixel cross-entropy, averaged over the images' own pixels (the padding
+                        is ignored).
+
+Targets (model contract, ``pydetops/MODELS.md``): ``masks`` Tensor[N, H, W] and ``labels``
+Tensor[N] per image (the instance masks the COCO reader gives with ``masks=True``). The
+semantic target is built here from them (:func:`pydetops.evaluation.segmentation.semantic_target`):
+each pixel takes the label of the LAST instance covering it (the highest index wins where
+instances overlap), background (0) elsewhere.
+
+``model.train(); model(images, targets)`` -> ``{"loss_sem_seg": Tensor[]}``;
+``model.eval(); model(images)`` -> per image ``{"sem_seg": Tensor[C, H, W]}`` (class
+probabilities, softmax over C) in the input image's size. No boxes: ``python -m
+pydetops.evaluate`` reports pixel accuracy and mean IoU for it, not COCO box AP.
+"""
+import math
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..evaluation.segmentation import IGNORE_INDEX, semantic_target
+from ..ops import BedOfNailsUnpool2d, ConvTranspose2d, MaxUnpool2d, NearestUnpool2d
+from .backbones import ConvNormAct, norm_layer_by_name
+
+__all__ = ["FCN", "fcn", "DECODERS", "validate_seg_targets"]
+
+DECODERS = ("nearest", "bed_of_nails", "max_unpool", "transpose")
+
+
+def validate_seg_targets(targets, images: Sequence[Tensor], num_classes: int) -> None:
+    """Raise ValueError naming the bad target: missing, wrong count, ``labels`` not Tensor[N]
+    integer in [1, num_classes - 1], ``masks`` not Tensor[N, H, W] of its image's size."""
+    if targets is None:
+        raise ValueError("targets: required in training mode")
+    if not isinstance(targets, (list, tuple)) or len(targets) != len(images):
+        raise ValueError(f"targets: expected a list of {len(images)} dicts (one per image), got "
+                         f"{len(targets) if isinstance(targets, (list, tuple)) else type(targets).__name__}")
+    for i, (t, im) in enumerate(zip(targets, images)):
+        if not isinstance(t, dict) or "masks" not in t or "labels" not in t:
+            raise ValueError(f"targets[{i}]: must be a dict with 'masks' and 'labels' (the instance masks)")
+        masks, labels = t["masks"], t["labels"]
+        if not isinstance(labels, Tensor) or labels.dim() != 1:
+            raise ValueError(f"targets[{i}]['labels']: expected Tensor[N], got "
+                             f"{list(labels.shape) if isinstance(labels, Tensor) else type(labels).__name__}")
+        if labels.is_floating_point() or labels.dtype == torch.bool:
+            raise ValueError(f"targets[{i}]['labels']: expected an integer tensor, got {labels.dtype}")
+        if labels.numel() and (int(labels.min()) < 1 or int(labels.max()) >= num_classes):
+            raise ValueError(f"targets[{i}]['labels']: labels must be in [1, {num_classes - 1}] (0 is background), "
+                             f"got values in [{int(labels.min())}, {int(labels.max())}]")
+        want = [labels.shape[0], int(im.shape[-2]), int(im.shape[-1])]
+        if not isinstance(masks, Tensor) or list(masks.shape) != want:
+            raise ValueError(f"targets[{i}]['masks']: expected Tensor{want} (one mask per label, the image's size), "
+                             f"got {list(masks.shape) if isinstance(masks, Tensor) else type(masks).__name__}")
+
+
+class _Up(nn.Module):
+    """One decoder stage: x2 up-sampling by ``kind``, then a 3x3 conv-norm-ReLU."""
+
+    def __init__(self, kind: str, cin: int, cout: int, norm_layer):
+        super().__init__()
+        self.kind = kind
+        if kind == "nearest":
+            self.up = NearestUnpool2d(2)
+        elif kind == "bed_of_nails":
+            self.up = BedOfNailsUnpool2d(2)
+        elif kind == "max_unpool":
+            self.up = MaxUnpool2d(2, 2)
+        else:  # "transpose": learned, starts as bilinear up-sampling of each channel
+            self.up = ConvTranspose2d(cin, cin, 4, stride=2, padding=1, bias=False).init_bilinear_()
+        self.conv = ConvNormAct(cin, cout, 3, norm_layer=norm_layer)
+
+    def forward(self, x: Tensor, indices: Tensor, size: List[int]) -> Tensor:
+        if self.kind == "max_unpool":
+            x = self.up(x, indices, size)
+        else:
+            x = self.up(x)
+        return self.conv(x)
+
+
+class FCN(nn.Module):
+    """Encoder-decoder FCN.
+
+    Args:
+        num_classes: C, background included (labels 0..C-1).
+        decoder: one of :data:`DECODERS`.
+        widths: the encoder stages' widths (the decoder mirrors them); ``len(widths)`` is the
+            depth, the stride ``2 ** depth``.
+        norm: "group" (default), "batch" or "frozen" (see ``backbones.norm_layer_by_name``).
+        image_size: None (work at the input's resolution) or the short side to resize to (the
+            scores are resized back to the input's size, bilinearly).
+        image_mean, image_std: per-channel normalisation.
+    """
+
+    def __init__(self, num_classes: int, decoder: str = "transpose", widths: Sequence[int] = (16, 32, 64, 128),
+                 norm: str = "group", image_size: Optional[int] = None,
+                 image_mean: Sequence[float] = (0.485, 0.456, 0.406), image_std: Sequence[float] = (0.229, 0.224, 0.225)):
+        super().__init__()
+        if not isinstance(num_classes, int) or num_classes < 2:
+            raise ValueError(f"num_classes: must be an int >= 2 (background + at least one class), got {num_classes!r}")
+        if decoder not in DECODERS:
+            raise ValueError(f"decoder: must be one of {DECODERS}, got {decoder!r}")
+        widths = [int(w) for w in widths]
+        if not widths or min(widths) < 1:
+            raise ValueError(f"widths: expected a non-empty list of positive widths, got {widths}")
+        if image_size is not None and (not isinstance(image_size, int) or image_size < 1):
+            raise ValueError(f"image_size: must be None or a positive int, got {image_size!r}")
+        norm_layer = norm_layer_by_name(norm)
+        self.num_classes = num_classes
+        self.decoder_kind = decoder
+        self.image_size = image_size
+        self.stride = 2 ** len(widths)
+        self.register_buffer("image_mean", torch.tensor(list(image_mean), dtype=torch.float32), persistent=False)
+        self.register_buffer("image_std", torch.tensor(list(image_std), dtype=torch.float32), persistent=False)
+        # 2. encoder: conv-conv-pool per stage
+        enc, cin = [], 3
+        for w in widths:
+            enc.append(nn.Sequential(ConvNormAct(cin, w, 3, norm_layer=norm_layer),
+                                     ConvNormAct(w, w, 3, norm_layer=norm_layer)))
+            cin = w
+        self.encoder = nn.ModuleList(enc)
+        # 3. decoder: mirror image, up-sample then conv
+        outs = list(reversed([widths[0]] + widths[:-1]))
+        self.decoder = nn.ModuleList(_Up(decoder, c_in, c_out, norm_layer)
+                                     for c_in, c_out in zip(reversed(widths), outs))
+        # 4. per-pixel classifier
+        self.classifier = nn.Conv2d(widths[0], num_classes, 1)
+
+    # -- 1. input -------------------------------------------------------------------------------
+    def _prepare(self, images: List[Tensor]) -> Tuple[Tensor, List[Tuple[int, int]]]:
+        """Normalised, (resized,) zero-padded batch Tensor[B, 3, H', W'] (H', W' multiples of the
+        stride) and each image's size inside it."""
+        xs, sizes = [], []
+        for i, im in enumerate(images):
+            if not isinstance(im, Tensor) or im.dim() != 3 or im.shape[0] != 3:
+                raise ValueError(f"images[{i}]: expected Tensor[3, H, W], got "
+                                 f"{list(im.shape) if isinstance(im, Tensor) else type(im).__name__}")
+            if not im.is_floating_point():
+                raise TypeError(f"images[{i}]: expected a floating point tensor (values in [0, 1]), got {im.dtype}")
+            if im.shape[1] < 1 or im.shape[2] < 1:
+                raise ValueError(f"images[{i}]: empty image of shape {list(im.shape)}")
+            x = (im - self.image_mean.to(im)[:, None, None]) / self.image_std.to(im)[:, None, None]
+            if self.image_size is not None:
+                s = self.image_size / min(im.shape[1], im.shape[2])
+                hw = (max(1, round(im.shape[1] * s)), max(1, round(im.shape[2] * s)))
+                x = F.interpolate(x[None], size=hw, mode="bilinear", align_corners=False)[0]
+            xs.append(x)
+            sizes.append((int(x.shape[1]), int(x.shape[2])))
+        H = int(math.ceil(max(h for h, _ in sizes) / self.stride) * self.stride)
+        W = int(math.ceil(max(w for _, w in sizes) / self.stride) * self.stride)
+        batch = xs[0].new_zeros((len(xs), 3, H, W))
+        for b, x in enumerate(xs):
+            batch[b, :, : x.shape[1], : x.shape[2]].copy_(x)
+        return batch, sizes
+
+    # -- 2.-4. the network ------------------------------------------------------------------------
+    def scores(self, x: Tensor) -> Tensor:
+        """Tensor[B, 3, H, W] (H, W multiples of the stride) -> class scores (logits) Tensor[B, C, H, W]."""
+        pooled: List[Tuple[Tensor, List[int]]] = []
+        for stage in self.encoder:
+            x = stage(x)
+            size = [int(x.shape[-2]), int(x.shape[-1])]
+            x, idx = F.max_pool2d(x, 2, 2, return_indices=True)
+            pooled.append((idx, size))
+        for up, (idx, size) in zip(self.decoder, reversed(pooled)):
+            x = up(x, idx, size)
+        return self.classifier(x)
+
+    def forward(self, images: List[Tensor], targets: Optional[List[Dict[str, Tensor]]] = None):
+        if not isinstance(images, (list, tuple)) or len(images) == 0:
+            raise ValueError("images: expected a non-empty list of Tensor[3, H, W]")
+        if self.training:
+            validate_seg_targets(targets, images, self.num_classes)
+        x, sizes = self._prepare(list(images))
+        logits = self.scores(x)
+        if self.training:
+            # 5. per-pixel cross-entropy against the semantic map of the instance masks
+            target = torch.full((x.shape[0], x.shape[2], x.shape[3]), IGNORE_INDEX, dtype=torch.int64,
+                                device=x.device)
+            for b, (t, (h, w)) in enumerate(zip(targets, sizes)):
+                sem = semantic_target(t["masks"], t["labels"])
+                if sem.shape != (h, w):
+                    sem = F.interpolate(sem[None, None].float(), size=(h, w), mode="nearest")[0, 0].long()
+                target[b, :h, :w] = sem
+            return {"loss_sem_seg": F.cross_entropy(logits.float(), target, ignore_index=IGNORE_INDEX)}
+        out = []
+        for b, (im, (h, w)) in enumerate(zip(images, sizes)):
+            s = logits[b:b + 1, :, :h, :w]
+            if (h, w) != (int(im.shape[1]), int(im.shape[2])):
+                s = F.interpolate(s, size=(int(im.shape[1]), int(im.shape[2])), mode="bilinear", align_corners=False)
+            out.append({"sem_seg": s[0].float().softmax(0).to(im.dtype)})
+        return out
+
+
+def fcn(num_classes: int, backbone: Optional[str] = None, decoder: str = "transpose",
+        widths: Sequence[int] = (16, 32, 64, 128), norm: str = "group", image_size: Optional[int] = None,
+        **kwargs) -> FCN:
+    """The CLI's ``fcn``: a small FCN that trains from scratch on a CPU (stride 16).
+
+    ``backbone``: None or "tiny" (the default widths 16-32-64-128) or "small" (32-64-128-256);
+    the other arguments as :class:`FCN`.
+    """
+    if backbone not in (None, "tiny", "small"):
+        raise ValueError(f"backbone: must be 'tiny' or 'small' for fcn, got {backbone!r}")
+    if backbone == "small":
+        widths = (32, 64, 128, 256)
+    return FCN(num_classes, decoder=decoder, widths=widths, norm=norm, image_size=image_size, **kwargs)
+
+
+fcn.target_fields = ("masks",)
