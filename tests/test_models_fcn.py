@@ -269,3 +269,14 @@ def test_cli_train_evaluate_predict(tmp_path):
     p = json.loads((tmp_path / "pr" / "predictions.json").read_text())
     assert p[0]["detections"] == [] and sum(p[0]["sem_seg_pixels"].values()) == 48 * 48
     assert (tmp_path / "pr" / "000001.png").exists()
+
+
+def test_bench_cases_run_and_report_images_per_second():
+    from pydetops.bench import models_seg
+    cases = models_seg.seg_cases("cpu", (32, 32), 2)
+    assert [c.op for c in cases] == ["fcn (transpose decoder) inference", "fcn (transpose decoder) train step",
+                                     "hog_svm inference", "hog_svm train step"]
+    for c in cases:
+        c.ours()
+        assert c.baseline is None and not c.comparable
+        assert c.details({"ours_ms": 20.0}).startswith(("50.0 images/s", "100.0 images/s"))
