@@ -155,7 +155,9 @@ def hog(image: Tensor, orientations: int = 9, pixels_per_cell: int = 8, cells_pe
     """The HOG feature vector of one image (Tensor[C, H, W] or [H, W]), in scikit-image's order:
     Tensor[Hb * Wb * b * b * orientations]. With ``binning="hard"`` it equals
     ``skimage.feature.hog(image, orientations, (p, p), (b, b), block_norm="L2-Hys")``
-    (``channel_axis`` last for a colour image)."""
+    (``channel_axis`` last for a colour image) up to rounding (~3e-8 for float64 input: scikit-image's
+    Cython histogram rounds to single precision). ``binning="linear"`` (Dalal-Triggs' vote
+    interpolation, this module's default) has no scikit-image counterpart."""
     blocks = hog_blocks(hog_cells(image, pixels_per_cell, orientations, binning), cells_per_block)
     return blocks[0].permute(1, 2, 0).reshape(-1)
 
