@@ -8,9 +8,9 @@ writes ``OUT/detections.json`` (COCO results: the dataset's category ids, ``bbox
 ``per_class_AP``; the same under ``segm`` / ``keypoints`` when the model predicts
 masks / keypoints; ``fps``) and ``OUT/pr_curve.png`` (precision-recall per class at IoU
 0.5), and prints a short table. A semantic segmentation model (outputs ``sem_seg``
-Tensor[C, H, W] per image instead of boxes) gets ``sem_seg``: ``pixel_accuracy``, ``mIoU``
-and ``per_class_IoU`` against the semantic map of the dataset's instance masks, and no
-box metrics (nor ``pr_curve.png``).
+Tensor[C, H, W] per image) also gets ``sem_seg``: ``pixel_accuracy``, ``mIoU`` and
+``per_class_IoU`` against the semantic map of the dataset's instance masks; if its outputs
+have no boxes, no box metrics (nor ``pr_curve.png``).
 """
 import argparse
 import contextlib
@@ -156,13 +156,11 @@ def _sem_seg_confusion(scores: torch.Tensor, dataset: CocoDetection, image_id: i
 
 
 def selection_metric(metrics: Dict[str, Any]) -> Tuple[str, float]:
-    """The validation number that picks the best checkpoint: box ``AP`` when there is one, else
-    the semantic segmentation ``mIoU`` (0.0 where undefined)."""
-    if "AP" in metrics:
-        return "AP", float(metrics["AP"] or 0.0)
+    """The validation number that picks the best checkpoint: the semantic segmentation ``mIoU``
+    for a model that predicts ``sem_seg``, else box ``AP`` (0.0 where undefined)."""
     if "sem_seg" in metrics:
         return "mIoU", float(metrics["sem_seg"].get("mIoU") or 0.0)
-    return "AP", 0.0
+    return "AP", float(metrics.get("AP") or 0.0)
 
 
 def _table(metrics: Dict[str, Any]) -> str:

@@ -15,7 +15,7 @@ from pydetops.evaluation.segmentation import (IGNORE_INDEX, confusion_matrix, io
                                               pixel_accuracy, segmentation_metrics, semantic_target,
                                               semantic_target_from_annotations)
 from pydetops.models import MODELS
-from pydetops.models.fcn import DECODERS, FCN, fcn
+from pydetops.models.fcn import DECODERS, FCN, fcn, regions_to_detections
 from pydetops.ops import MaxUnpool2d
 
 
@@ -52,8 +52,11 @@ def test_registered_and_contract():
     outs = m([img[:, :30, :21], torch.rand(3, 5, 7)])
     assert [tuple(o["sem_seg"].shape) for o in outs] == [(3, 30, 21), (3, 5, 7)]
     for o in outs:
-        assert set(o) == {"sem_seg"}
+        assert set(o) == {"sem_seg", "boxes", "labels", "scores"}
+        assert o["boxes"].shape[1] == 4 and o["labels"].shape == o["scores"].shape == o["boxes"].shape[:1]
         torch.testing.assert_close(o["sem_seg"].sum(0), torch.ones(o["sem_seg"].shape[1:]))
+    m.region_detections = False
+    assert set(m([img])[0]) == {"sem_seg"}
     # no fully connected layer anywhere
     assert not any(isinstance(mod, torch.nn.Linear) for mod in m.modules())
 
@@ -125,6 +128,37 @@ def test_max_unpooling_uses_the_encoders_indices():
     a = up(torch.ones(1, 4, 4, 4), expected[1], [8, 8])
     b = up(torch.ones(1, 4, 4, 4), torch.zeros_like(expected[1]), [8, 8])
     assert not torch.equal(a, b)
+
+
+def test_regions_to_detections_constructed():
+    # class map: two class-1 squares, a class-2 L shape, two class-1 pixels touching diagonally
+    # (8-connected: one region), a 2-pixel class-2 speck (below min_area), class 1 touching class 2
+    cmap = torch.zeros(12, 14, dtype=torch.int64)
+    cmap[0:3, 0:3] = 1                       # A: 9 px
+    cmap[0:4, 8:12] = 1                      # B: 16 px
+    cmap[6:12, 0:2] = 2
+    cmap[10:12, 2:7] = 2                     # C: L shape, 12 + 10 = 22 px
+    cmap[5, 5] = 1
+    cmap[4, 6] = 1                           # D: diagonal pair, 2 px
+    cmap[6:9, 9:12] = 1                      # E: 9 px, touching F (class 2)
+    cmap[9:11, 9:12] = 2                     # F: 6 px
+    probs = torch.full((3, 12, 14), 0.1)
+    probs.scatter_(0, cmap[None], 0.8)
+    probs[1, 0:3, 0:3] = 0.7                 # A scores 0.7
+    d = regions_to_detections(probs, min_area=3)
+    got = sorted((int(lab), [float(v) for v in box], round(float(sc), 4))
+                 for box, lab, sc in zip(d["boxes"], d["labels"], d["scores"]))
+    assert got == [(1, [0.0, 0.0, 3.0, 3.0], 0.7), (1, [8.0, 0.0, 12.0, 4.0], 0.8), (1, [9.0, 6.0, 12.0, 9.0], 0.8),
+                   (2, [0.0, 6.0, 7.0, 12.0], 0.8), (2, [9.0, 9.0, 12.0, 11.0], 0.8)]
+    assert bool((d["scores"][:-1] >= d["scores"][1:]).all())
+    d2 = regions_to_detections(probs, min_area=1)
+    assert (1, [5.0, 4.0, 7.0, 6.0]) in [(int(lab), [float(v) for v in b]) for b, lab in zip(d2["boxes"], d2["labels"])]
+    assert len(regions_to_detections(probs, min_area=1, max_detections=2)["boxes"]) == 2
+    # all background: no detection
+    e = regions_to_detections(torch.tensor([[[0.9]], [[0.1]]]).expand(2, 4, 4).contiguous())
+    assert e["boxes"].shape == (0, 4) and e["labels"].dtype == torch.int64
+    with pytest.raises(ValueError, match="probs"):
+        regions_to_detections(torch.rand(4, 4))
 
 
 def test_semantic_target_last_instance_wins_and_background():
@@ -260,14 +294,15 @@ def test_cli_train_evaluate_predict(tmp_path):
     assert evaluate.main(["--checkpoint", str(out / "best.pt"), "--images", str(d / "images"),
                           "--annotations", str(d / "annotations.json"), "--out", str(tmp_path / "ev")]) == 0
     em = json.loads((tmp_path / "ev" / "metrics.json").read_text())
-    assert em["model"] == "fcn" and em["images"] == 4 and "AP" not in em
+    assert em["model"] == "fcn" and em["images"] == 4 and 0.0 <= em["AP50"] <= 1.0  # the regions' box AP
     seg = em["sem_seg"]
     assert 0.0 < seg["pixel_accuracy"] <= 1.0 and 0.0 < seg["mIoU"] <= 1.0
     assert set(seg["per_class_IoU"]) == {"background", "rectangle", "ellipse", "triangle"}
     assert predict.main(["--checkpoint", str(out / "best.pt"), "--out", str(tmp_path / "pr"),
                          str(d / "images" / "000001.png")]) == 0
     p = json.loads((tmp_path / "pr" / "predictions.json").read_text())
-    assert p[0]["detections"] == [] and sum(p[0]["sem_seg_pixels"].values()) == 48 * 48
+    assert sum(p[0]["sem_seg_pixels"].values()) == 48 * 48
+    assert all(det["category_id"] in (1, 3, 7) for det in p[0]["detections"])
     assert (tmp_path / "pr" / "000001.png").exists()
 
 

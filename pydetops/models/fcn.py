@@ -19,7 +19,11 @@ class (C = categories + background) per pixel. Read top-down, as the seeds:
                                             (``ConvTranspose2d``, initialised to bilinear up-sampling);
 4. ``classifier``       a 1x1 conv to C scores per pixel;
 5. loss                 per-pixel cross-entropy, averaged over the images' own pixels (the padding
-                        is ignored).
+                        is ignored);
+6. regions (inference)  optionally (``region_detections``, on by default) each 8-connected region of
+                        pixels of one class becomes a detection: its box, its class, its mean class
+                        probability as score (:func:`regions_to_detections`), so box AP can be
+                        measured too.
 
 Targets (model contract, ``pydetops/MODELS.md``): ``masks`` Tensor[N, H, W] and ``labels``
 Tensor[N] per image (the instance masks the COCO reader gives with ``masks=True``). The
@@ -29,8 +33,10 @@ instances overlap), background (0) elsewhere.
 
 ``model.train(); model(images, targets)`` -> ``{"loss_sem_seg": Tensor[]}``;
 ``model.eval(); model(images)`` -> per image ``{"sem_seg": Tensor[C, H, W]}`` (class
-probabilities, softmax over C) in the input image's size. No boxes: ``python -m
-pydetops.evaluate`` reports pixel accuracy and mean IoU for it, not COCO box AP.
+probabilities, softmax over C) in the input image's size, + ``boxes`` Tensor[D, 4] (x1, y1, x2,
+y2, pixels), ``labels`` Tensor[D], ``scores`` Tensor[D] of its connected regions when
+``region_detections``. ``python -m pydetops.evaluate`` reports pixel accuracy and mean IoU (and
+the regions' COCO box AP); ``best.pt`` is picked by mIoU.
 """
 import math
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -43,7 +49,7 @@ from ..evaluation.segmentation import IGNORE_INDEX, semantic_target
 from ..ops import BedOfNailsUnpool2d, ConvTranspose2d, MaxUnpool2d, NearestUnpool2d
 from .backbones import ConvNormAct, norm_layer_by_name
 
-__all__ = ["FCN", "fcn", "DECODERS", "validate_seg_targets"]
+__all__ = ["FCN", "fcn", "DECODERS", "validate_seg_targets", "regions_to_detections"]
 
 DECODERS = ("nearest", "bed_of_nails", "max_unpool", "transpose")
 
@@ -72,6 +78,59 @@ def validate_seg_targets(targets, images: Sequence[Tensor], num_classes: int) ->
         if not isinstance(masks, Tensor) or list(masks.shape) != want:
             raise ValueError(f"targets[{i}]['masks']: expected Tensor{want} (one mask per label, the image's size), "
                              f"got {list(masks.shape) if isinstance(masks, Tensor) else type(masks).__name__}")
+
+
+def regions_to_detections(probs: Tensor, min_area: int = 16, max_detections: int = 100) -> Dict[str, Tensor]:
+    """Detections from a class-probability map Tensor[C, H, W]: every 8-connected region of pixels
+    whose most likely class is the same c >= 1 and that has at least ``min_area`` pixels gives one
+    detection: ``boxes`` Tensor[D, 4] its extent (x1, y1, x2, y2; pixel i covers [i, i + 1)),
+    ``labels`` Tensor[D] int64 c, ``scores`` Tensor[D] the mean probability of c over the region;
+    sorted by score, at most ``max_detections``.
+
+    The regions are found for all classes at once by label propagation: each pixel starts with its
+    own index and takes the largest index of its 3 x 3 neighbours of the same class until nothing
+    changes (a region ends with the index of its last pixel), then one ``unique`` groups them."""
+    if probs.dim() != 3 or probs.shape[0] < 2:
+        raise ValueError(f"probs: expected Tensor[C, H, W] with C >= 2, got shape {list(probs.shape)}")
+    C, H, W = probs.shape
+    dev = probs.device
+    empty = {"boxes": probs.new_zeros((0, 4)), "labels": torch.zeros(0, dtype=torch.int64, device=dev),
+             "scores": probs.new_zeros(0)}
+    cls = probs.argmax(0)
+    fg = cls[None] == torch.arange(1, C, device=dev)[:, None, None]                     # [K, H, W]
+    if not bool(fg.any()):
+        return empty
+    dtype = torch.float32 if H * W < 2 ** 24 else torch.float64                        # exact indices
+    idx = torch.arange(1, H * W + 1, device=dev, dtype=dtype).view(1, H, W)
+    zero = torch.zeros((), device=dev, dtype=dtype)
+    lab = torch.where(fg, idx, zero)
+    K = C - 1
+    while True:
+        prev = lab
+        for _ in range(4):
+            lab = torch.where(fg, F.max_pool2d(lab[None], 3, 1, 1)[0], zero)
+            # pointer jumping: take the label that the pixel named by ours holds (same region, never
+            # smaller), so long regions converge in far fewer steps
+            flat = lab.view(K, -1)
+            jump = flat.gather(1, (flat.long() - 1).clamp(min=0)).view(K, H, W)
+            lab = torch.where(fg, torch.maximum(lab, jump), zero)
+        if torch.equal(lab, prev):
+            break
+    k, y, x = torch.nonzero(fg, as_tuple=True)
+    key = k * (H * W + 1) + lab[k, y, x].long()
+    uniq, comp = torch.unique(key, return_inverse=True)
+    n = uniq.numel()
+    area = torch.bincount(comp, minlength=n)
+    xy = torch.stack([x, y], 1).to(probs.dtype)
+    lo = torch.full((n, 2), float("inf"), dtype=probs.dtype, device=dev).scatter_reduce(
+        0, comp[:, None].expand(-1, 2), xy, "amin")
+    hi = torch.full((n, 2), -float("inf"), dtype=probs.dtype, device=dev).scatter_reduce(
+        0, comp[:, None].expand(-1, 2), xy, "amax")
+    score = torch.zeros(n, dtype=probs.dtype, device=dev).index_add_(0, comp, probs[k + 1, y, x]) / area
+    label = torch.zeros(n, dtype=torch.int64, device=dev).scatter_(0, comp, k + 1)
+    keep = torch.where(area >= min_area)[0]
+    keep = keep[score[keep].argsort(descending=True)][:max_detections]
+    return {"boxes": torch.cat([lo, hi + 1], 1)[keep], "labels": label[keep], "scores": score[keep]}
 
 
 class _Up(nn.Module):
@@ -110,11 +169,15 @@ class FCN(nn.Module):
         image_size: None (work at the input's resolution) or the short side to resize to (the
             scores are resized back to the input's size, bilinearly).
         image_mean, image_std: per-channel normalisation.
+        region_detections: in eval mode also return the connected regions as detections
+            (:func:`regions_to_detections`, regions of at least ``min_region_area`` pixels, at most
+            ``detections_per_img``).
     """
 
     def __init__(self, num_classes: int, decoder: str = "transpose", widths: Sequence[int] = (16, 32, 64, 128),
                  norm: str = "group", image_size: Optional[int] = None,
-                 image_mean: Sequence[float] = (0.485, 0.456, 0.406), image_std: Sequence[float] = (0.229, 0.224, 0.225)):
+                 image_mean: Sequence[float] = (0.485, 0.456, 0.406), image_std: Sequence[float] = (0.229, 0.224, 0.225),
+                 region_detections: bool = True, min_region_area: int = 16, detections_per_img: int = 100):
         super().__init__()
         if not isinstance(num_classes, int) or num_classes < 2:
             raise ValueError(f"num_classes: must be an int >= 2 (background + at least one class), got {num_classes!r}")
@@ -125,8 +188,14 @@ class FCN(nn.Module):
             raise ValueError(f"widths: expected a non-empty list of positive widths, got {widths}")
         if image_size is not None and (not isinstance(image_size, int) or image_size < 1):
             raise ValueError(f"image_size: must be None or a positive int, got {image_size!r}")
+        if not isinstance(min_region_area, int) or min_region_area < 1:
+            raise ValueError(f"min_region_area: must be a positive int, got {min_region_area!r}")
+        if not isinstance(detections_per_img, int) or detections_per_img < 0:
+            raise ValueError(f"detections_per_img: must be an int >= 0, got {detections_per_img!r}")
         norm_layer = norm_layer_by_name(norm)
         self.num_classes = num_classes
+        self.region_detections = bool(region_detections)
+        self.min_region_area, self.detections_per_img = min_region_area, detections_per_img
         self.decoder_kind = decoder
         self.image_size = image_size
         self.stride = 2 ** len(widths)
@@ -208,7 +277,11 @@ class FCN(nn.Module):
             s = logits[b:b + 1, :, :h, :w]
             if (h, w) != (int(im.shape[1]), int(im.shape[2])):
                 s = F.interpolate(s, size=(int(im.shape[1]), int(im.shape[2])), mode="bilinear", align_corners=False)
-            out.append({"sem_seg": s[0].float().softmax(0).to(im.dtype)})
+            probs = s[0].float().softmax(0)
+            res = {"sem_seg": probs.to(im.dtype)}
+            if self.region_detections:  # 6. connected regions as detections
+                res.update(regions_to_detections(probs, self.min_region_area, self.detections_per_img))
+            out.append(res)
         return out
 
 
