@@ -80,6 +80,14 @@ def validate_seg_targets(targets, images: Sequence[Tensor], num_classes: int) ->
                              f"got {list(masks.shape) if isinstance(masks, Tensor) else type(masks).__name__}")
 
 
+def _max3x3(x: Tensor) -> Tensor:
+    """The maximum over each pixel's 3 x 3 neighbourhood of Tensor[K, H, W] (values >= 0; zero
+    padding), as two separable passes of shifted slices (cheaper than max_pool2d here)."""
+    p = F.pad(x, (1, 1, 1, 1))
+    r = torch.maximum(torch.maximum(p[:, :, :-2], p[:, :, 1:-1]), p[:, :, 2:])
+    return torch.maximum(torch.maximum(r[:, :-2], r[:, 1:-1]), r[:, 2:])
+
+
 def regions_to_detections(probs: Tensor, min_area: int = 16, max_detections: int = 100) -> Dict[str, Tensor]:
     """Detections from a class-probability map Tensor[C, H, W]: every 8-connected region of pixels
     whose most likely class is the same c >= 1 and that has at least ``min_area`` pixels gives one
@@ -108,7 +116,7 @@ def regions_to_detections(probs: Tensor, min_area: int = 16, max_detections: int
     while True:
         prev = lab
         for _ in range(4):
-            lab = torch.where(fg, F.max_pool2d(lab[None], 3, 1, 1)[0], zero)
+            lab = torch.where(fg, _max3x3(lab), zero)
             # pointer jumping: take the label that the pixel named by ours holds (same region, never
             # smaller), so long regions converge in far fewer steps
             flat = lab.view(K, -1)
