@@ -90,6 +90,13 @@ def test_each_decoder_gives_the_right_shape_and_trains(decoder):
     assert acc > 0.8, (decoder, float(acc))
 
 
+def test_backbone_names_the_size_and_the_decoder():
+    m = fcn(3, backbone="small-max_unpool")
+    assert m.decoder_kind == "max_unpool" and m.encoder[0][0][0].out_channels == 32
+    assert fcn(3, backbone="tiny").decoder_kind == "transpose"
+    assert fcn(3, backbone="tiny-nearest").encoder[0][0][0].out_channels == 16
+
+
 def test_decoders_use_pydetops_ops():
     kinds = {d: type(fcn(3, decoder=d).decoder[0].up).__module__ for d in DECODERS}
     assert all(k.startswith("pydetops.ops") for k in kinds.values()), kinds
@@ -224,6 +231,8 @@ def test_bad_input():
         fcn(1)
     with pytest.raises(ValueError, match="backbone"):
         fcn(3, backbone="resnet50")
+    with pytest.raises(ValueError, match="backbone"):
+        fcn(3, backbone="tiny-bilinear")
     # no objects: every pixel background, a finite loss; an image smaller than the stride trains too
     empty = {"masks": torch.zeros(0, 5, 7, dtype=torch.uint8), "labels": torch.zeros(0, dtype=torch.int64)}
     loss = m([torch.rand(3, 5, 7)], [empty])["loss_sem_seg"]

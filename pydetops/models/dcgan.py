@@ -38,7 +38,8 @@ from torch import Tensor, nn
 
 from ..ops import ConvTranspose2d
 
-__all__ = ["Generator", "Discriminator", "discriminator_loss", "generator_loss", "load_image_folder", "sample_grid", "train_dcgan", "main"]
+__all__ = ["Generator", "Discriminator", "discriminator_loss", "generator_loss", "init_weights_", "load_image_folder",
+           "sample_grid", "train_dcgan", "main"]
 
 
 def _stages(image_size: int) -> int:
@@ -57,7 +58,8 @@ class Generator(nn.Module):
             raise ValueError(f"nz, ngf, channels: must be positive, got {nz}, {ngf}, {channels}")
         self.nz = nz
         width = ngf * 2 ** (n - 1)
-        layers: List[nn.Module] = [ConvTranspose2d(nz, width, 4, 1, 0, bias=False), nn.BatchNorm2d(width), nn.ReLU(True)]
+        layers: List[nn.Module] = [ConvTranspose2d(nz, width, 4, 1, 0, bias=False), nn.BatchNorm2d(width),
+                                   nn.ReLU(True)]
         for _ in range(n - 1):
             layers += [ConvTranspose2d(width, width // 2, 4, 2, 1, bias=False), nn.BatchNorm2d(width // 2),
                        nn.ReLU(True)]

@@ -184,7 +184,8 @@ class FCN(nn.Module):
 
     def __init__(self, num_classes: int, decoder: str = "transpose", widths: Sequence[int] = (16, 32, 64, 128),
                  norm: str = "group", image_size: Optional[int] = None,
-                 image_mean: Sequence[float] = (0.485, 0.456, 0.406), image_std: Sequence[float] = (0.229, 0.224, 0.225),
+                 image_mean: Sequence[float] = (0.485, 0.456, 0.406),
+                 image_std: Sequence[float] = (0.229, 0.224, 0.225),
                  region_detections: bool = True, min_region_area: int = 16, detections_per_img: int = 100):
         super().__init__()
         if not isinstance(num_classes, int) or num_classes < 2:
@@ -298,13 +299,20 @@ def fcn(num_classes: int, backbone: Optional[str] = None, decoder: str = "transp
         **kwargs) -> FCN:
     """The CLI's ``fcn``: a small FCN that trains from scratch on a CPU (stride 16).
 
-    ``backbone``: None or "tiny" (the default widths 16-32-64-128) or "small" (32-64-128-256);
-    the other arguments as :class:`FCN`.
+    ``backbone``: None or "tiny" (the default widths 16-32-64-128) or "small" (32-64-128-256),
+    optionally followed by "-" and a decoder (so the command line picks it:
+    ``--backbone tiny-max_unpool``, ``--backbone small-bed_of_nails``); the other arguments as
+    :class:`FCN`.
     """
-    if backbone not in (None, "tiny", "small"):
-        raise ValueError(f"backbone: must be 'tiny' or 'small' for fcn, got {backbone!r}")
-    if backbone == "small":
-        widths = (32, 64, 128, 256)
+    if backbone is not None:
+        size, _, dec = str(backbone).partition("-")
+        if size not in ("tiny", "small") or (dec and dec not in DECODERS):
+            raise ValueError(f"backbone: must be 'tiny' or 'small', optionally with '-DECODER' (DECODER one of "
+                             f"{', '.join(DECODERS)}), got {backbone!r}")
+        if size == "small":
+            widths = (32, 64, 128, 256)
+        if dec:
+            decoder = dec
     return FCN(num_classes, decoder=decoder, widths=widths, norm=norm, image_size=image_size, **kwargs)
 
 

@@ -296,7 +296,8 @@ class HOGSVM(nn.Module):
             n += R * C
         K = self.num_classes - 1
         if not levels:
-            return image.new_zeros((0, K)), image.new_zeros((0, 4)), lambda idx: image.new_zeros((0, self.weight[0].numel()))
+            dim = self.weight[0].numel()
+            return image.new_zeros((0, K)), image.new_zeros((0, 4)), lambda idx: image.new_zeros((0, dim))
 
         def features(idx: Tensor) -> Tensor:
             out = image.new_zeros((idx.numel(), self.weight[0].numel()))
