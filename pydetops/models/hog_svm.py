@@ -405,7 +405,8 @@ class HOGSVM(nn.Module):
         if feats:
             losses = self.svm_loss(torch.cat(feats), torch.cat(tgts))
         else:  # no window fits any image: nothing to learn, a zero with a gradient
-            losses = {"loss_hinge": self.weight.sum() * 0.0, "loss_reg": 0.5 * self.reg * (self.weight ** 2).sum()}
+            losses = {"loss_hinge": (self.weight.sum() + self.bias.sum()) * 0.0,
+                      "loss_reg": 0.5 * self.reg * (self.weight ** 2).sum()}
         with torch.no_grad():
             if mine and hard_f:
                 self._add_to_bank(torch.cat(hard_f), torch.cat(hard_t))
