@@ -61,6 +61,20 @@ def test_registered_and_contract():
     assert not any(isinstance(mod, torch.nn.Linear) for mod in m.modules())
 
 
+@pytest.mark.parametrize("decoder", ["transpose", "max_unpool"])
+def test_trains_and_predicts_under_cpu_autocast(decoder):
+    torch.manual_seed(0)
+    m = fcn(num_classes=3, decoder=decoder, widths=(8, 8))
+    img, tgt = _scene()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = m([img], [tgt])["loss_sem_seg"]
+        m.eval()
+        out = m([img])[0]
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    loss.backward()
+    assert out["sem_seg"].shape == (3, 32, 32) and out["sem_seg"].dtype == torch.float32
+
+
 def test_image_size_resizes_and_scores_come_back_in_input_size():
     torch.manual_seed(0)
     m = fcn(num_classes=3, image_size=24).eval()

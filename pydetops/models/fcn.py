@@ -160,6 +160,9 @@ class _Up(nn.Module):
     def forward(self, x: Tensor, indices: Tensor, size: List[int]) -> Tensor:
         if self.kind == "max_unpool":
             x = self.up(x, indices, size)
+        elif self.kind == "transpose":
+            # pydetops' conv_transpose2d has no autocast rule: under --amp run it in the weight's dtype
+            x = self.up(x.to(self.up.weight.dtype))
         else:
             x = self.up(x)
         return self.conv(x)

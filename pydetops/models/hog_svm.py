@@ -428,7 +428,7 @@ class HOGSVM(nn.Module):
         s, labels, b = s[keep], labels[keep], b[keep]
         b = torch.stack([b[:, 0].clamp(0, W), b[:, 1].clamp(0, H), b[:, 2].clamp(0, W), b[:, 3].clamp(0, H)], 1)
         keep = batched_nms(b, s, labels, self.nms_thresh)[: self.detections_per_img]
-        return {"boxes": b[keep], "labels": labels[keep], "scores": torch.sigmoid(s[keep])}
+        return {"boxes": b[keep].float(), "labels": labels[keep], "scores": torch.sigmoid(s[keep].float())}
 
 
 def hog_svm(num_classes: int, backbone: Optional[str] = None, image_size: Optional[int] = None, **kwargs) -> HOGSVM:
