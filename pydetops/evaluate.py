@@ -7,7 +7,10 @@ writes ``OUT/detections.json`` (COCO results: the dataset's category ids, ``bbox
 ``OUT/metrics.json`` (``AP``, ``AP50``, ``AP75``, ``APs``, ``APm``, ``APl``, ``AR100``, ...,
 ``per_class_AP``; the same under ``segm`` / ``keypoints`` when the model predicts
 masks / keypoints; ``fps``) and ``OUT/pr_curve.png`` (precision-recall per class at IoU
-0.5), and prints a short table.
+0.5), and prints a short table. A semantic segmentation model (outputs ``sem_seg``
+Tensor[C, H, W] per image) also gets ``sem_seg``: ``pixel_accuracy``, ``mIoU`` and
+``per_class_IoU`` against the semantic map of the dataset's instance masks; if its outputs
+have no boxes, no box metrics (nor ``pr_curve.png``).
 """
 import argparse
 import contextlib
@@ -22,9 +25,10 @@ import torch
 from .checkpoint import CheckpointError, build_model, load_checkpoint
 from .data import CocoDetection, DatasetError, ToTensor, make_loader
 from .evaluation import FPSMeter, coco_evaluate, detections_to_coco, plot_pr_curves
+from .evaluation.segmentation import confusion_matrix, segmentation_metrics, semantic_target_from_annotations
 
 __all__ = ["main", "evaluate_model", "check_categories", "resolve_device", "UsageError", "write_json",
-           "one_line_warnings"]
+           "one_line_warnings", "selection_metric"]
 
 
 class UsageError(ValueError):
@@ -85,13 +89,16 @@ def evaluate_model(model: torch.nn.Module, dataset: CocoDetection, label_to_cate
     Returns ``(metrics, detections, pr_curves)``: ``metrics`` holds the bbox stats at
     the top level, ``segm`` / ``keypoints`` sub-dicts when the model predicts masks /
     keypoints, ``fps`` (images per second of the model call, after ``warmup`` calls,
-    device synchronised) and ``images``."""
+    device synchronised) and ``images``. A model whose outputs hold ``sem_seg`` (Tensor[C, H, W]
+    class scores) gets ``sem_seg`` (pixel accuracy, mean IoU, per-class IoU) instead of the bbox
+    stats when its outputs hold no ``boxes``."""
     was_training = model.training
     model.eval()
     loader = make_loader(dataset, batch_size=batch_size, workers=workers)
     meter = FPSMeter(warmup=warmup, device=device)
     dets: List[Dict] = []
-    has_masks = has_kps = False
+    has_masks = has_kps = has_boxes = False
+    seg_cm = None
     it = loader
     if progress:
         from tqdm import tqdm
@@ -102,11 +109,20 @@ def evaluate_model(model: torch.nn.Module, dataset: CocoDetection, label_to_cate
         with meter.measure(len(images)), _autocast(device, amp):
             outputs = model(images)
         for out, tgt in zip(outputs, targets):
+            if "sem_seg" in out:
+                cm = _sem_seg_confusion(out["sem_seg"], dataset, int(tgt["image_id"]))
+                seg_cm = cm if seg_cm is None else seg_cm + cm
+            if "boxes" not in out:
+                continue
+            has_boxes = True
             has_masks |= "masks" in out
             has_kps |= "keypoints" in out
             dets.extend(detections_to_coco(int(tgt["image_id"]), out, label_to_category_id))
         n += len(images)
     model.train(was_training)
+    if seg_cm is not None and not has_boxes:
+        names = ["background"] + [str(c.get("name", c["id"])) for c in dataset.categories]
+        return {"sem_seg": segmentation_metrics(seg_cm, names), "fps": meter.fps, "images": n}, dets, {}
     iou_types = ["bbox"] + (["segm"] if has_masks else []) + (["keypoints"] if has_kps else [])
     if "keypoints" in iou_types and not dataset.keypoint_names:
         iou_types.remove("keypoints")
@@ -116,23 +132,56 @@ def evaluate_model(model: torch.nn.Module, dataset: CocoDetection, label_to_cate
     for t in iou_types[1:]:
         res[t].pop("pr_curves")
         metrics[t] = res[t]
+    if seg_cm is not None:
+        names = ["background"] + [str(c.get("name", c["id"])) for c in dataset.categories]
+        metrics["sem_seg"] = segmentation_metrics(seg_cm, names)
     metrics["fps"] = meter.fps
     metrics["images"] = n
     return metrics, dets, curves
 
 
+def _sem_seg_confusion(scores: torch.Tensor, dataset: CocoDetection, image_id: int) -> torch.Tensor:
+    """Confusion matrix [C, C] of one image's ``sem_seg`` scores (argmax per pixel) against the
+    semantic map of its annotations (later instances win where they overlap; crowd ignored)."""
+    C = len(dataset.categories) + 1
+    if scores.dim() != 3 or scores.shape[0] != C:
+        raise UsageError(f"the model's sem_seg for image id {image_id} has shape {list(scores.shape)}, "
+                         f"expected [{C}, H, W] (background + the dataset's {C - 1} categories)")
+    H, W = int(scores.shape[1]), int(scores.shape[2])
+    try:
+        gt = semantic_target_from_annotations(dataset.anns[image_id], dataset.category_id_to_label, H, W)
+    except ValueError as e:
+        raise DatasetError(f"{dataset.ann_file}: image id {image_id}: cannot build its semantic map: {e}") from None
+    return confusion_matrix(scores.argmax(0).cpu(), gt, C)
+
+
+def selection_metric(metrics: Dict[str, Any]) -> Tuple[str, float]:
+    """The validation number that picks the best checkpoint: the semantic segmentation ``mIoU``
+    for a model that predicts ``sem_seg``, else box ``AP`` (0.0 where undefined)."""
+    if "sem_seg" in metrics:
+        return "mIoU", float(metrics["sem_seg"].get("mIoU") or 0.0)
+    return "AP", float(metrics.get("AP") or 0.0)
+
+
 def _table(metrics: Dict[str, Any]) -> str:
     def f(v):
         return "  n/a" if v is None else f"{v:.3f}"
+    fps = metrics.get("fps")
+    tail = f"images: {metrics['images']}, fps: {'n/a' if fps is None else f'{fps:.1f}'}"
+    seg = []
+    if "sem_seg" in metrics:
+        m = metrics["sem_seg"]
+        seg = [f"sem_seg   pixel accuracy {f(m['pixel_accuracy'])}  mIoU {f(m['mIoU'])}",
+               "per-class IoU: " + ", ".join(f"{k} {f(v)}" for k, v in m["per_class_IoU"].items())]
+        if "AP" not in metrics:
+            return "\n".join(seg + [tail])
     rows = [("bbox", metrics)] + [(t, metrics[t]) for t in ("segm", "keypoints") if t in metrics]
     lines = ["type       AP    AP50  AP75  APs   APm   APl   AR100"]
     for name, m in rows:
         lines.append(f"{name:<9} " + " ".join(f(m.get(k)) for k in ("AP", "AP50", "AP75", "APs", "APm", "APl"))
                      + " " + f(m.get("AR100", m.get("AR"))))
     lines.append("per-class AP: " + ", ".join(f"{k} {f(v)}" for k, v in metrics["per_class_AP"].items()))
-    fps = metrics.get("fps")
-    lines.append(f"images: {metrics['images']}, fps: {'n/a' if fps is None else f'{fps:.1f}'}")
-    return "\n".join(lines)
+    return "\n".join(lines + seg + [tail])
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -171,9 +220,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     write_json(os.path.join(a.out, "detections.json"), dets)
     metrics = {"checkpoint": os.path.abspath(a.checkpoint), "model": ckpt["model"], **metrics}
     write_json(os.path.join(a.out, "metrics.json"), metrics)
-    plot_pr_curves(curves, os.path.join(a.out, "pr_curve.png"))
+    if "AP" in metrics:
+        plot_pr_curves(curves, os.path.join(a.out, "pr_curve.png"))
     print(_table(metrics))
-    print(f"wrote {a.out}/detections.json, metrics.json, pr_curve.png")
+    print(f"wrote {a.out}/detections.json, metrics.json" + (", pr_curve.png" if "AP" in metrics else ""))
     return 0
 
 

@@ -5,7 +5,9 @@
 writes ``OUT/<image name>.png`` (boxes, class names, scores, masks and keypoints drawn on
 the image) and ``OUT/predictions.json``: per image its file, size and detections with
 the dataset's ``category_id``, ``category`` name, ``score``, ``bbox`` [x, y, w, h], +
-``segmentation`` (RLE), + ``keypoints``.
+``segmentation`` (RLE), + ``keypoints``. For a semantic segmentation model (``sem_seg``
+outputs) the drawing is its class map (each pixel's most likely class, a colour per class
+blended over the image; background left as is) and the JSON gives each class's pixel count.
 """
 import argparse
 import os
@@ -21,7 +23,7 @@ from .data.transforms import _to_tensor
 from .evaluate import UsageError, _autocast, resolve_device, write_json
 from .evaluation import detections_to_coco
 
-__all__ = ["main", "draw_detections"]
+__all__ = ["main", "draw_detections", "draw_class_map"]
 
 _PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
             (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 190), (0, 128, 128), (170, 110, 40)]
@@ -58,6 +60,19 @@ def draw_detections(image, dets: List[Dict[str, Any]], masks: Optional[np.ndarra
                     draw.ellipse([kps[k] - 2, kps[k + 1] - 2, kps[k] + 2, kps[k + 1] + 2], fill=c,
                                  outline=(255, 255, 255))
     return img
+
+
+def draw_class_map(image, class_map: np.ndarray, alpha: float = 0.5):
+    """A copy of the PIL ``image`` with ``class_map`` ([H, W] int labels, 0 = background) blended
+    in: label l's pixels take ``alpha`` of its colour (the same colours as the boxes of label l)."""
+    from PIL import Image
+    arr = np.asarray(image.convert("RGB"), dtype=np.float32).copy()
+    for lab in np.unique(class_map):
+        if lab == 0:
+            continue
+        m = class_map == lab
+        arr[m] = (1 - alpha) * arr[m] + alpha * np.array(_colour(int(lab)), dtype=np.float32)
+    return Image.fromarray(arr.clip(0, 255).astype(np.uint8))
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -98,6 +113,11 @@ def predict(a: argparse.Namespace) -> List[Dict[str, Any]]:
     for path, img in images:
         with _autocast(device, a.amp):
             out = model([_to_tensor(img).to(device)])[0]
+        class_map = None
+        if "sem_seg" in out:
+            class_map = out["sem_seg"].float().argmax(0).cpu().numpy()
+        if "scores" not in out:  # a segmentation model without detections
+            out = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64), "scores": torch.zeros(0)}
         keep = out["scores"].float() >= a.score_threshold
         out = {k: v[keep] for k, v in out.items() if isinstance(v, torch.Tensor) and v.shape[:1] == keep.shape}
         dets = detections_to_coco(0, out, ckpt["label_to_category_id"])
@@ -115,11 +135,17 @@ def predict(a: argparse.Namespace) -> List[Dict[str, Any]]:
             k += 1
             name = f"{stem}_{k}.png"
         used.add(name)
-        draw_detections(img, dets, masks).save(os.path.join(a.out, name))
+        base = img if class_map is None else draw_class_map(img, class_map)
+        draw_detections(base, dets, masks).save(os.path.join(a.out, name))
         for d in dets:
             del d["label"]
         results.append({"image": os.path.abspath(path), "drawn": name, "width": img.size[0],
                         "height": img.size[1], "detections": dets})
+        if class_map is not None:
+            counts = np.bincount(class_map.reshape(-1), minlength=len(ckpt["label_to_category_id"]))
+            results[-1]["sem_seg_pixels"] = {
+                ("background" if lab == 0 else names.get(cid, str(cid))): int(counts[lab])
+                for lab, cid in enumerate(ckpt["label_to_category_id"]) if counts[lab] > 0}
         print(f"{path}: {len(dets)} detection(s) -> {os.path.join(a.out, name)}")
     write_json(os.path.join(a.out, "predictions.json"), results)
     return results

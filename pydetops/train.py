@@ -6,8 +6,8 @@
         [--image-size S] [--device cpu|cuda] [--amp] [--resume] [--seed S] [--workers W]
 
 Writes ``OUT/last.pt`` after every epoch (atomically), ``OUT/best.pt`` (best validation
-bbox AP), ``OUT/metrics.json`` and ``OUT/losses.png``. ``--resume`` continues from
-``OUT/last.pt`` (a run killed at any moment loses at most the epoch in progress; with a
+bbox AP; mIoU for a semantic segmentation model), ``OUT/metrics.json`` and ``OUT/losses.png``.
+``--resume`` continues from ``OUT/last.pt`` (a run killed at any moment loses at most the epoch in progress; with a
 deterministic model the resumed run ends with the weights of an uninterrupted one).
 ``--max-minutes`` stops at the end of the step that crosses the budget (counted from the
 first step), then still evaluates and saves; that epoch counts as done.
@@ -36,7 +36,7 @@ from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .data import (CocoDetection, Compose, DatasetError, EpochSampler, RandomHorizontalFlip, ToTensor,
                    make_loader)
 from .evaluate import (UsageError, _autocast, check_categories, evaluate_model, one_line_warnings, resolve_device,
-                       write_json)
+                       selection_metric, write_json)
 from .evaluation import plot_losses
 
 __all__ = ["main", "parse_args"]
@@ -274,7 +274,8 @@ def _train(a: argparse.Namespace, dist: "_Dist") -> int:
     use_scaler = a.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
     history: Dict[str, Any] = {"epochs": [], "steps": []}
-    best_ap = -1.0
+    best_ap = -1.0  # the best validation selection_metric: box AP, or mIoU for a segmentation model
+    sel_name = "AP"
     start_epoch = 0
     if ckpt is not None:
         opt.load_state_dict(ckpt["optimizer"])
@@ -348,7 +349,7 @@ def _train(a: argparse.Namespace, dist: "_Dist") -> int:
                 metrics, _, _ = evaluate_model(core, val_ds, train_raw.label_to_category_id, device,
                                                batch_size=a.batch_size, amp=a.amp)
                 rec["val"] = {k: v for k, v in metrics.items() if k != "images"}
-                ap = metrics["AP"] or 0.0
+                sel_name, ap = selection_metric(metrics)
                 is_best = ap > best_ap
                 best_ap = max(best_ap, ap)
             history["epochs"].append(rec)
@@ -361,19 +362,25 @@ def _train(a: argparse.Namespace, dist: "_Dist") -> int:
             save_checkpoint(last_path, payload)
             write_json(os.path.join(a.out, "metrics.json"),
                        {"model": a.model, "model_kwargs": kwargs, "epochs": history["epochs"],
-                        "best": {"AP": best_ap, "epoch": max((e["epoch"] for e in history["epochs"]
-                                                               if (e.get("val", {}).get("AP") or 0.0) == best_ap),
+                        "best": {sel_name: best_ap, "epoch": max((e["epoch"] for e in history["epochs"]
+                                                                 if "val" in e
+                                                                 and selection_metric(e["val"])[1] == best_ap),
                                                               default=None)}
                         if val_ds is not None else None,
                         "steps": history["steps"]})
             plot_losses(history["steps"], history["epochs"], os.path.join(a.out, "losses.png"))
             msg = f"epoch {epoch + 1}: loss {losses['loss']:.4f}"
             if "val" in rec:
-                msg += f", val AP {rec['val']['AP'] or 0.0:.4f} AP50 {rec['val']['AP50'] or 0.0:.4f}"
+                if "AP" in rec["val"]:
+                    msg += f", val AP {rec['val']['AP'] or 0.0:.4f} AP50 {rec['val']['AP50'] or 0.0:.4f}"
+                if "sem_seg" in rec["val"]:
+                    seg = rec["val"]["sem_seg"]
+                    msg += (f", val pixel accuracy {seg['pixel_accuracy'] or 0.0:.4f} "
+                            f"mIoU {seg['mIoU'] or 0.0:.4f}")
             print(msg + (" (time budget reached)" if stop else ""), file=sys.stderr)
         dist.barrier()
     if dist.main:
-        print(f"done: {a.out}/last.pt" + (f", best.pt (val AP {best_ap:.4f})" if val_ds is not None else ""))
+        print(f"done: {a.out}/last.pt" + (f", best.pt (val {sel_name} {best_ap:.4f})" if val_ds is not None else ""))
     return 0
 
 

@@ -4,9 +4,14 @@
 ``MODELS[name](num_classes=K, **kwargs)``.
 """
 from .faster_rcnn import FasterRCNN, faster_rcnn, fasterrcnn_mobilenet_v3_large_fpn, fasterrcnn_resnet50_fpn
+from .fcn import FCN, fcn
+from .hog_svm import HOGSVM, hog_svm
 
 MODELS = {
     "faster_rcnn": faster_rcnn,
+    "fcn": fcn,
+    "hog_svm": hog_svm,
 }
 
-__all__ = ["MODELS", "FasterRCNN", "faster_rcnn", "fasterrcnn_resnet50_fpn", "fasterrcnn_mobilenet_v3_large_fpn"]
+__all__ = ["MODELS", "FasterRCNN", "faster_rcnn", "fasterrcnn_resnet50_fpn", "fasterrcnn_mobilenet_v3_large_fpn",
+           "FCN", "fcn", "HOGSVM", "hog_svm"]
