@@ -135,3 +135,44 @@ def test_torch_compile_under_autocast(device):
         compiled = torch.compile(f, fullgraph=True, backend="eager")(x, boxes)
     assert compiled.dtype == eager.dtype == half
     assert torch.equal(compiled, eager)
+
+
+def test_conv_transpose2d_takes_half_input_with_float32_weight(device):
+    # Inside autocast a decoder's input is the previous layer's half output while its own
+    # weight stays float32: the op runs in float32 and returns the input's dtype.
+    half = _half(device)
+    x = torch.randn(2, 4, 5, 6, device=device).to(half).requires_grad_(True)
+    w = torch.randn(4, 3, 3, 3, device=device, requires_grad=True)
+    b = torch.randn(3, device=device, requires_grad=True)
+    with _autocast(device):
+        y = ops.conv_transpose2d(x, w, b, stride=2, padding=1, output_padding=1)
+    xf = x.detach().float().requires_grad_(True)
+    wf = w.detach().clone().requires_grad_(True)
+    bf = b.detach().clone().requires_grad_(True)
+    ref = ops.conv_transpose2d(xf, wf, bf, stride=2, padding=1, output_padding=1)
+    assert y.dtype == half and y.shape == (2, 3, 10, 12)
+    assert torch.equal(y, ref.to(half))
+    g = torch.randn_like(ref)
+    y.backward(g.to(half))
+    ref.backward(g.to(half).float())
+    assert x.grad.dtype == half and w.grad.dtype == torch.float32
+    torch.testing.assert_close(x.grad, xf.grad.to(half))
+    torch.testing.assert_close(w.grad, wf.grad)
+
+
+def test_detection_head_ops_keep_float32_outputs(device):
+    half = _half(device)
+    logits = torch.randn(30, 5, device=device)
+    targets = (torch.rand(30, 5, device=device) > 0.8).float()
+    anchors = torch.rand(40, 4, device=device) * 50
+    anchors[:, 2:] += anchors[:, :2] + 2
+    gt = anchors[:3].clone() + 0.5
+    with _autocast(device):
+        loss = ops.sigmoid_focal_loss(logits.to(half), targets, reduction="sum")
+        matched = ops.match_boxes(anchors.to(half), gt, 0.5, 0.4)
+    assert loss.dtype == torch.float32
+    assert torch.equal(loss, ops.sigmoid_focal_loss(logits.to(half).float(), targets, reduction="sum"))
+    ref = ops.match_boxes(anchors.to(half).float(), gt, 0.5, 0.4)
+    for got, want in zip(matched if isinstance(matched, tuple) else (matched,),
+                         ref if isinstance(ref, tuple) else (ref,)):
+        assert got.dtype == want.dtype and torch.equal(got, want)

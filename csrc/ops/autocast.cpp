@@ -8,6 +8,9 @@
 // (and tensor list) with at::autocast::cached_cast (float64 and non-floating tensors and
 // tensors on another device are left alone), runs the op below the autocast key, then
 // casts the floating outputs back. Integer outputs (nms indices, argmax) are untouched.
+// The detection heads' ops (matching, focal loss, post-processing) keep their float32
+// outputs, as torch's own float32 autocast ops do: a loss or a box in bfloat16 would lose
+// its low bits (2 px at x = 500) for nothing.
 #include <ATen/autocast_mode.h>
 #include <torch/library.h>
 
@@ -17,7 +20,7 @@
 namespace pydetops {
 namespace {
 
-template <c10::DispatchKey kAutocastKey, c10::DeviceType kDevice>
+template <c10::DispatchKey kAutocastKey, c10::DeviceType kDevice, bool kCastBack>
 void run_in_float32(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
   const c10::FunctionSchema& schema = op.schema();
   const size_t first_arg = stack->size() - schema.arguments().size();
@@ -40,7 +43,7 @@ void run_in_float32(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
     c10::impl::ExcludeDispatchKeyGuard no_autocast(kAutocastKey);
     op.callBoxed(stack);
   }
-  if (!result_dtype) return;
+  if (!kCastBack || !result_dtype) return;
   const size_t first_result = stack->size() - schema.returns().size();
   for (size_t i = first_result; i < stack->size(); ++i) {
     c10::IValue& result = (*stack)[i];
@@ -56,12 +59,21 @@ constexpr const char* kFloat32Ops[] = {
     "nms",           "batched_nms",  "soft_nms",     "box_overlaps",          "roi_align", "roi_pool",
     "ps_roi_align",  "ps_roi_pool",  "spp_pool",     "multi_level_roi_align", "encode_boxes",
     "decode_boxes",
+    // Runs in float32 and returns the input's dtype: its weight is float32 under autocast
+    // while its input is the previous layer's half output (torch's own ConvTranspose2d runs
+    // in half instead; ours has no half CPU kernel worth using).
+    "conv_transpose2d",
 };
+
+// Float32 in, float32 out.
+constexpr const char* kFloat32OutputOps[] = {"match_boxes", "sigmoid_focal_loss", "detection_postprocess"};
 
 template <c10::DispatchKey kAutocastKey, c10::DeviceType kDevice>
 void register_float32_ops(torch::Library& m) {
   for (const char* name : kFloat32Ops)
-    m.impl(name, torch::CppFunction::makeFromBoxedFunction<&run_in_float32<kAutocastKey, kDevice>>());
+    m.impl(name, torch::CppFunction::makeFromBoxedFunction<&run_in_float32<kAutocastKey, kDevice, true>>());
+  for (const char* name : kFloat32OutputOps)
+    m.impl(name, torch::CppFunction::makeFromBoxedFunction<&run_in_float32<kAutocastKey, kDevice, false>>());
 }
 
 }  // namespace
