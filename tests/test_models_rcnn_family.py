@@ -447,3 +447,20 @@ def test_cli_train_evaluate_predict(name, tmp_path, monkeypatch):
     p = json.loads((tmp_path / "pr" / "predictions.json").read_text())
     assert p[0]["detections"] and all(det["category_id"] in (1, 3, 7) and len(det["bbox"]) == 4
                                       for det in p[0]["detections"])
+
+
+# ---------------------------------------------------------------- the bench cases
+
+
+def test_bench_cases_run_on_tiny_images():
+    from pydetops.bench import _core, models_rcnn
+    cases = models_rcnn.rcnn_family_cases("cpu", (48, 64), 40, (48, 48), selective_search=False)
+    assert [c.op for c in cases] == ["rcnn inference", "rcnn train step", "sppnet inference", "sppnet train step",
+                                     "fast_rcnn inference", "fast_rcnn train step"]
+    rows = _core.run_cases(cases, 1, progress=lambda msg: None)
+    for row in rows:
+        assert row["ours_ms"] > 0 and row["baseline_ms"] is None and not row["comparable"]
+        rate = float(row["details"].split(": ")[1].split(" images/s")[0])
+        per_call = 1 if "inference" in row["op"] else 2
+        assert rate == pytest.approx(per_call / (row["ours_ms"] / 1e3), rel=0.01, abs=0.01)
+    assert models_rcnn.grid_proposals(48, 64, 40).shape == (40, 4)
