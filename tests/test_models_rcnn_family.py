@@ -99,7 +99,8 @@ def test_contract_train_losses_and_eval_detections(name):
     for det, img in zip(out, imgs):
         assert set(det) == {"boxes", "labels", "scores"}
         assert det["boxes"].shape[1:] == (4,) and det["boxes"].dtype == torch.float32
-        assert det["labels"].dtype == torch.int64 and det["scores"].shape == det["labels"].shape == det["boxes"].shape[:1]
+        assert det["labels"].dtype == torch.int64
+        assert det["scores"].shape == det["labels"].shape == det["boxes"].shape[:1]
         assert det["boxes"].shape[0] > 0  # an untrained model's scores are ~1/3 > 0.05
         assert bool((det["labels"] >= 1).all() and (det["labels"] <= 2).all())
         # in the INPUT image's pixels (the model resized 56 -> 64 internally)

@@ -54,7 +54,8 @@ class SPPNet(ProposalDetector):
     """
 
     def __init__(self, num_classes: int, backbone: str = "tiny", norm: str = "group", image_size: int = 128,
-                 feature_stride: int = 8, levels: Sequence[int] = (4, 2, 1), representation_size: int = 256, classifier: str = "softmax",
+                 feature_stride: int = 8, levels: Sequence[int] = (4, 2, 1), representation_size: int = 256,
+                 classifier: str = "softmax",
                  proposal_fn: Union[str, Callable[[Tensor], Tensor], None] = "selective_search",
                  max_proposals: int = 500, cache_proposals: bool = True, rois_per_minibatch: int = 128,
                  positive_fraction: float = 0.25, fg_iou_thresh: float = 0.5, score_thresh: float = 0.05,
