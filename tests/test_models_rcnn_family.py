@@ -262,10 +262,11 @@ def _iou64(a, b):
     return inter / (area(a)[:, None] + area(b)[None] - inter)
 
 
-def test_fast_rcnn_multitask_loss_equals_a_plain_reference():
+@pytest.mark.parametrize("lam", [1.0, 2.5])
+def test_fast_rcnn_multitask_loss_equals_a_plain_reference(lam):
     """L = L_cls(p, u) + lambda [u >= 1] smooth_L1(t^u - v) on a tiny case where every RoI is sampled."""
     torch.manual_seed(0)
-    model = small("fast_rcnn", image_size=64)
+    model = small("fast_rcnn", image_size=64, box_loss_weight=lam)
     img, target = scene(5)
     gt = target["boxes"]
     # foreground proposals, background ones (IoU in [0.1, 0.5)) and one ignored (IoU < 0.1)
@@ -299,7 +300,7 @@ def test_fast_rcnn_multitask_loss_equals_a_plain_reference():
     d = (t_u - v).abs()
     beta = 1.0 / 9
     sl1 = torch.where(d < beta, 0.5 * d * d / beta, d - 0.5 * beta).sum(1)
-    l_loc = (sl1 * (u >= 1)).sum() / 9
+    l_loc = lam * (sl1 * (u >= 1)).sum() / 9
     assert float(losses["loss_classifier"]) == pytest.approx(float(l_cls), rel=1e-5, abs=1e-6)
     assert float(losses["loss_box_reg"]) == pytest.approx(float(l_loc), rel=1e-5, abs=1e-6)
 

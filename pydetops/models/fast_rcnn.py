@@ -13,7 +13,9 @@ Read top-down, as the paper:
 5. fc6, fc7         two FC layers (``TwoMLPHead``), then two sibling outputs (``FastRCNNPredictor``):
                     softmax over K+1 classes and 4 box offsets per class;
 6. loss             L = L_cls(p, u) + lambda [u >= 1] L_loc(t^u, v): cross-entropy plus smooth-L1 of the
-                    true class's offsets on foreground RoIs (``fastrcnn_loss``, lambda = 1);
+                    true class's offsets on foreground RoIs (``fastrcnn_loss``; ``box_loss_weight`` lambda = 1;
+                    smooth-L1 with torchvision's beta 1/9 on targets scaled by (10, 10, 5, 5), the
+                    paper's normalisation of the targets);
                     minibatches of R = 128 RoIs from N images (R / N each), 25 % foreground
                     (IoU >= 0.5), background IoU in [0.1, 0.5) (lower: ignored), ground truths included;
 7. inference        decode per class, per-class NMS (0.3), boxes back to the input images' pixels.
@@ -52,6 +54,7 @@ class FastRCNN(ProposalDetector):
         representation_size: fc6 / fc7 width (the paper: 4096).
         rois_per_minibatch: R (128), drawn R / N from each of the N images of a batch.
         positive_fraction: 0.25; fg_iou_thresh: 0.5; bg_iou_low: 0.1 (background IoU in [0.1, 0.5)).
+        box_loss_weight: lambda of the multi-task loss (1, the paper's).
         proposal_fn, max_proposals, cache_proposals, score_thresh, nms_thresh, detections_per_img,
         min_proposal_size: as :class:`RCNN`.
     """
@@ -62,7 +65,7 @@ class FastRCNN(ProposalDetector):
                  max_proposals: int = 500, cache_proposals: bool = True, rois_per_minibatch: int = 128,
                  positive_fraction: float = 0.25, fg_iou_thresh: float = 0.5, bg_iou_low: float = 0.1,
                  score_thresh: float = 0.05, nms_thresh: float = 0.3, detections_per_img: int = 100,
-                 min_proposal_size: float = 1.0):
+                 min_proposal_size: float = 1.0, box_loss_weight: float = 1.0):
         super().__init__()
         if not isinstance(num_classes, int) or num_classes < 2:
             raise ValueError(f"num_classes: must be an int >= 2 (background + at least one class), got {num_classes!r}")
@@ -86,7 +89,7 @@ class FastRCNN(ProposalDetector):
             FastRCNNPredictor(representation_size, num_classes), classifier="softmax",
             rois_per_minibatch=rois_per_minibatch, positive_fraction=positive_fraction, fg_iou_thresh=fg_iou_thresh,
             bg_iou_thresh=fg_iou_thresh, bg_iou_low=bg_iou_low, score_thresh=score_thresh, nms_thresh=nms_thresh,
-            detections_per_img=detections_per_img)
+            detections_per_img=detections_per_img, box_loss_weight=box_loss_weight)
 
     def forward(self, images: List[Tensor], targets: Optional[List[Dict[str, Tensor]]] = None,
                 proposals: Optional[List[Tensor]] = None):

@@ -15,7 +15,8 @@ vector on they are the same and written once here, on top of :class:`RoIHeads`:
   ``classifier="svm"``, one linear SVM per class (:func:`svm_hinge_loss`, hard negatives);
 * per-class box offsets (``FastRCNNPredictor.bbox_pred``, the shared ``BoxCoder`` coding with
   weights (10, 10, 5, 5)), trained with smooth-L1 on the foreground regions;
-* losses: ``fastrcnn_loss`` (L = L_cls + [u >= 1] smooth_L1(t^u - v)), plus ``loss_svm``;
+* losses: ``fastrcnn_loss`` (L = L_cls + lambda [u >= 1] smooth_L1(t^u - v), smooth-L1 with
+  torchvision's beta 1/9, summed over the foreground and divided by the sampled regions), plus ``loss_svm``;
 * inference: decode per class, clip, score threshold, per-class NMS, best
   ``detections_per_img`` (``RoIHeads.postprocess_detections``: one fused kernel call).
 """
@@ -80,6 +81,7 @@ class RegionClassifierHeads(RoIHeads):
         fg_iou_thresh, bg_iou_thresh, bg_iou_low: labelling thresholds (above).
         score_thresh, nms_thresh, detections_per_img: inference (per-class NMS threshold).
         svm_negatives_per_positive: hard negatives kept per positive in ``loss_svm``.
+        box_loss_weight: lambda, the weight of ``loss_box_reg`` (Fast R-CNN: 1).
 
     ``forward(features, proposals, image_shapes, targets)`` -> (detections, losses) as
     :class:`RoIHeads`; the losses are ``loss_classifier``, ``loss_box_reg`` (+ ``loss_svm``). With no
@@ -91,7 +93,8 @@ class RegionClassifierHeads(RoIHeads):
                  classifier: str = "softmax", rois_per_minibatch: int = 128, positive_fraction: float = 0.25,
                  fg_iou_thresh: float = 0.5, bg_iou_thresh: float = 0.5, bg_iou_low: float = 0.0,
                  bbox_reg_weights: Optional[Tuple[float, float, float, float]] = None, score_thresh: float = 0.05,
-                 nms_thresh: float = 0.3, detections_per_img: int = 100, svm_negatives_per_positive: int = 3):
+                 nms_thresh: float = 0.3, detections_per_img: int = 100, svm_negatives_per_positive: int = 3,
+                 box_loss_weight: float = 1.0):
         if classifier not in ("softmax", "svm"):
             raise ValueError(f"classifier: must be 'softmax' or 'svm', got {classifier!r}")
         if not isinstance(rois_per_minibatch, int) or rois_per_minibatch < 1:
@@ -105,6 +108,7 @@ class RegionClassifierHeads(RoIHeads):
         self.classifier = classifier
         self.rois_per_minibatch = rois_per_minibatch
         self.svm_negatives_per_positive = svm_negatives_per_positive
+        self.box_loss_weight = float(box_loss_weight)
         cls = box_predictor.cls_score
         self.svm = nn.Linear(cls.in_features, cls.out_features - 1) if classifier == "svm" else None
 
@@ -126,7 +130,7 @@ class RegionClassifierHeads(RoIHeads):
                 losses = {"loss_classifier": zero, "loss_box_reg": zero.clone()}
             else:
                 loss_cls, loss_box = fastrcnn_loss(class_logits, box_regression, labels, regression_targets)
-                losses = {"loss_classifier": loss_cls, "loss_box_reg": loss_box}
+                losses = {"loss_classifier": loss_cls, "loss_box_reg": self.box_loss_weight * loss_box}
             if self.svm is not None:
                 losses["loss_svm"] = svm_hinge_loss(self.svm(x.detach().flatten(1)), torch.cat(labels),
                                                     self.svm_negatives_per_positive)
