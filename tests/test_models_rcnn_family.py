@@ -202,7 +202,7 @@ def test_loss_falls_training_from_scratch(name):
     assert sum(totals[-3:]) / 3 < 0.75 * sum(totals[:3]) / 3, totals
 
 
-def test_svm_classifier_trains_and_scores():
+def test_svm_classifier_trains_and_scores(monkeypatch):
     torch.manual_seed(0)
     model = small("rcnn", classifier="svm")
     data = [scene(s) for s in range(2)]
@@ -219,6 +219,20 @@ def test_svm_classifier_trains_and_scores():
         opt.step()
         svm.append(float(losses["loss_svm"].detach()))
     assert svm[-1] < svm[0], svm
+    # the SVMs' training set (R-CNN): positives = the ground-truth boxes, negatives = regions with
+    # IoU < 0.3 with every ground truth, the grey zone ignored
+    import pydetops.models.heads.region_classifier as rc
+    seen = {}
+    real = rc.svm_hinge_loss
+    monkeypatch.setattr(rc, "svm_hinge_loss", lambda s, lab, k: seen.update(s=s, lab=lab) or real(s, lab, k))
+    model([d[0] for d in data], [d[1] for d in data], proposals=props)
+    lab, n_gt = seen["lab"], sum(int(d[1]["labels"].numel()) for d in data)
+    assert torch.equal(lab[-n_gt:], torch.cat([d[1]["labels"] for d in data]))
+    assert set(lab[:-n_gt].tolist()) <= {0, -1} and int((lab == 0).sum()) > 0 and int((lab == -1).sum()) > 0
+    assert seen["s"].shape == (lab.shape[0], 2) and seen["s"].requires_grad  # the SVMs train
+    empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}
+    losses = model([data[0][0]], [empty], proposals=[torch.zeros(0, 4)])
+    assert all(float(v.detach()) == 0.0 for v in losses.values())
     model.eval()
     with torch.no_grad():
         out = model([data[0][0]], proposals=[props[0]])
@@ -228,17 +242,20 @@ def test_svm_classifier_trains_and_scores():
 def test_svm_hinge_loss_matches_a_plain_loop():
     g = torch.Generator().manual_seed(0)
     scores = torch.randn(40, 3, generator=g, dtype=torch.float64) * 2
-    labels = torch.randint(0, 4, (40,), generator=g)
+    labels = torch.randint(-1, 4, (40,), generator=g)  # -1: ignored
     labels[:3] = 0
     ref = 0.0
     for c in range(3):
         pos = [i for i in range(40) if labels[i] == c + 1]
-        neg = sorted((max(0.0, 1 + float(scores[i, c])) for i in range(40) if labels[i] != c + 1), reverse=True)
+        neg = sorted((max(0.0, 1 + float(scores[i, c])) for i in range(40) if labels[i] not in (c + 1, -1)),
+                     reverse=True)
         ref += sum(max(0.0, 1 - float(scores[i, c])) for i in pos)
         ref += sum(h for h in neg[: 2 * max(1, len(pos))] if h > 0)
     got = svm_hinge_loss(scores, labels, negatives_per_positive=2)
-    assert float(got) == pytest.approx(ref / 40, rel=1e-12)
+    assert int((labels == -1).sum()) > 0
+    assert float(got) == pytest.approx(ref / int((labels >= 0).sum()), rel=1e-12)
     assert float(svm_hinge_loss(scores[:0], labels[:0])) == 0.0
+    assert float(svm_hinge_loss(scores[:5], torch.full((5,), -1))) == 0.0
 
 
 # ---------------------------------------------------------------- SPP, and Fast R-CNN's loss

@@ -25,6 +25,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
+from ...ops import box_iou
 from .roi_heads import RoIHeads, fastrcnn_loss
 
 __all__ = ["RegionClassifierHeads", "svm_hinge_loss"]
@@ -35,33 +36,37 @@ def svm_hinge_loss(scores: Tensor, labels: Tensor, negatives_per_positive: int =
 
     Args:
         scores: Tensor[R, K] the K foreground classes' SVM margins w_c . x + b_c.
-        labels: Tensor[R] int64, 0 = background, c in 1..K = class c.
-        negatives_per_positive: per class c, of its negatives (every region not labelled c)
+        labels: Tensor[R] int64, 0 = background, c in 1..K = class c, -1 = ignored (no SVM sees it).
+        negatives_per_positive: per class c, of its negatives (every region not labelled c or -1)
             only the hardest are kept: those inside the margin (hinge > 0) with the highest
             scores, at most ``negatives_per_positive * max(1, positives of c)``.
 
     Returns:
-        scalar: (sum of the positives' hinges + sum of the kept negatives' hinges) / R, with
-        hinge = max(0, 1 - y s), y = +1 for class c's regions and -1 otherwise; 0 for R = 0.
+        scalar: (sum of the positives' hinges + sum of the kept negatives' hinges) / (regions not
+        ignored), with hinge = max(0, 1 - y s), y = +1 for class c's regions and -1 otherwise;
+        0 when every region is ignored or R = 0.
     """
     if scores.dim() != 2 or labels.shape != scores.shape[:1]:
         raise ValueError(f"scores, labels: expected Tensor[R, K] and Tensor[R], got {list(scores.shape)} and "
                          f"{list(labels.shape)}")
     r, k = scores.shape
-    if r == 0:
+    valid = labels >= 0
+    n = int(valid.sum())
+    if n == 0:
         return scores.sum() * 0.0
     classes = torch.arange(1, k + 1, device=labels.device)
     pos = labels[:, None] == classes[None, :]
+    neg = valid[:, None] & ~pos
     y = pos.to(scores.dtype) * 2 - 1
     hinge = torch.relu(1 - y * scores)
-    # hard negatives: rank each class's negatives by their hinge (positives last)
-    neg_hinge = hinge.detach().masked_fill(pos, -1.0)
+    # hard negatives: rank each class's negatives by their hinge (positives and ignored rows last)
+    neg_hinge = hinge.detach().masked_fill(~neg, -1.0)
     order = neg_hinge.argsort(dim=0, descending=True)
     rank = torch.empty_like(order)
     rank.scatter_(0, order, torch.arange(r, device=order.device)[:, None].expand(r, k).contiguous())
     quota = negatives_per_positive * pos.sum(dim=0).clamp(min=1)
-    hard = (~pos) & (rank < quota[None, :]) & (neg_hinge > 0)
-    return (hinge * (pos | hard).to(hinge.dtype)).sum() / r
+    hard = neg & (rank < quota[None, :]) & (neg_hinge > 0)
+    return (hinge * (pos | hard).to(hinge.dtype)).sum() / n
 
 
 class RegionClassifierHeads(RoIHeads):
@@ -75,7 +80,9 @@ class RegionClassifierHeads(RoIHeads):
         box_predictor: ``FastRCNNPredictor(D, K + 1)``.
         classifier: "softmax" (scores: softmax over the K+1 logits) or "svm" (scores: sigmoid of
             per-class linear SVMs ``svm`` on the head's features, trained on the detached features
-            with :func:`svm_hinge_loss` while the softmax loss fine-tunes the network, as R-CNN).
+            with :func:`svm_hinge_loss` while the softmax loss fine-tunes the network, as R-CNN:
+            positives the ground-truth boxes, negatives the regions with IoU < ``svm_negative_iou``
+            with every ground truth; :meth:`svm_loss`).
         rois_per_minibatch: R, regions per training minibatch, drawn R / N from each of N images.
         positive_fraction: at most this fraction of each image's R / N regions is foreground.
         fg_iou_thresh, bg_iou_thresh, bg_iou_low: labelling thresholds (above).
@@ -94,7 +101,7 @@ class RegionClassifierHeads(RoIHeads):
                  fg_iou_thresh: float = 0.5, bg_iou_thresh: float = 0.5, bg_iou_low: float = 0.0,
                  bbox_reg_weights: Optional[Tuple[float, float, float, float]] = None, score_thresh: float = 0.05,
                  nms_thresh: float = 0.3, detections_per_img: int = 100, svm_negatives_per_positive: int = 3,
-                 box_loss_weight: float = 1.0):
+                 box_loss_weight: float = 1.0, svm_negative_iou: float = 0.3):
         if classifier not in ("softmax", "svm"):
             raise ValueError(f"classifier: must be 'softmax' or 'svm', got {classifier!r}")
         if not isinstance(rois_per_minibatch, int) or rois_per_minibatch < 1:
@@ -109,6 +116,7 @@ class RegionClassifierHeads(RoIHeads):
         self.rois_per_minibatch = rois_per_minibatch
         self.svm_negatives_per_positive = svm_negatives_per_positive
         self.box_loss_weight = float(box_loss_weight)
+        self.svm_negative_iou = float(svm_negative_iou)
         cls = box_predictor.cls_score
         self.svm = nn.Linear(cls.in_features, cls.out_features - 1) if classifier == "svm" else None
 
@@ -132,13 +140,34 @@ class RegionClassifierHeads(RoIHeads):
                 loss_cls, loss_box = fastrcnn_loss(class_logits, box_regression, labels, regression_targets)
                 losses = {"loss_classifier": loss_cls, "loss_box_reg": self.box_loss_weight * loss_box}
             if self.svm is not None:
-                losses["loss_svm"] = svm_hinge_loss(self.svm(x.detach().flatten(1)), torch.cat(labels),
-                                                    self.svm_negatives_per_positive)
+                losses["loss_svm"] = self.svm_loss(features, x, proposals, targets)
             return [], losses
         if self.svm is not None:
             margins = self.svm(x.flatten(1))
             class_logits = torch.cat([margins.new_zeros((margins.shape[0], 1)), margins], dim=1)
         return self.postprocess_detections(class_logits, box_regression, proposals, image_shapes), {}
+
+    def svm_loss(self, features: Tensor, x: Tensor, proposals: List[Tensor],
+                 targets: List[Dict[str, Tensor]]) -> Tensor:
+        """R-CNN's SVM training set on the (detached) features: the positives of class c are class c's
+        ground-truth boxes (their features computed here), the negatives the sampled regions whose
+        IoU with every ground truth is below ``svm_negative_iou`` (0.3); the regions in between are
+        ignored (the paper: "the grey zone"). Then :func:`svm_hinge_loss` with hard negatives."""
+        feats = x.detach().flatten(1)
+        labels = []
+        for props, t in zip(proposals, targets):
+            gt = t["boxes"].to(props.dtype)
+            lab = torch.zeros(props.shape[0], dtype=torch.int64, device=props.device)
+            if gt.numel() and props.numel():
+                best = box_iou(props, gt).max(dim=1).values
+                lab[best >= self.svm_negative_iou] = -1
+            labels.append(lab)
+        gts = [t["boxes"].to(feats.dtype) for t in targets]
+        if sum(int(g.shape[0]) for g in gts):
+            with torch.no_grad():
+                feats = torch.cat([feats, self.box_head(self.box_roi_pool(features, gts)).flatten(1)])
+            labels += [t["labels"].to(torch.int64) for t in targets]
+        return svm_hinge_loss(self.svm(feats), torch.cat(labels), self.svm_negatives_per_positive)
 
     def foreground_scores(self, class_logits: Tensor) -> Tensor:
         """softmax (``classifier="softmax"``) or the SVM margins' sigmoid (``"svm"``, column 0 unused)."""
