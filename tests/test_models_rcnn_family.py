@@ -355,9 +355,9 @@ def test_selective_search_on_a_64x64_image():
     if not selective_search_available():
         pytest.skip("cv2.ximgproc (opencv-contrib-python-headless) is not installed")
     img, target = scene(3)
-    boxes = SelectiveSearch("fast", max_proposals=50)(img)
+    boxes = SelectiveSearch("fast", max_proposals=2000)(img)  # all of them: their ranking is random
     assert boxes.dtype == torch.float32 and boxes.dim() == 2 and boxes.shape[1] == 4
-    assert 1 <= boxes.shape[0] <= 50
+    assert boxes.shape[0] >= 3 and SelectiveSearch("fast", max_proposals=2)(img).shape == (2, 4)
     assert bool((boxes[:, :2] >= 0).all() and (boxes[:, 2] <= 64).all() and (boxes[:, 3] <= 64).all())
     assert bool((boxes[:, 2:] > boxes[:, :2]).all())
     from pydetops.ops import box_iou
