@@ -98,9 +98,9 @@ class SelectiveSearch:
             cv2.setNumThreads(threads)
         if rects is None or len(rects) == 0:
             return torch.zeros((0, 4), dtype=torch.float32)
-        r = torch.as_tensor(np.asarray(rects, dtype=np.float32)[: self.max_proposals]) / self.scale
+        r = torch.as_tensor(np.asarray(rects, dtype=np.float32)) / self.scale
         boxes = torch.cat([r[:, :2], r[:, :2] + r[:, 2:]], dim=1)
-        return boxes[remove_small_boxes(boxes, self.min_size)]
+        return boxes[remove_small_boxes(boxes, self.min_size)][: self.max_proposals]
 
     def __repr__(self) -> str:
         return (f"SelectiveSearch(mode={self.mode!r}, max_proposals={self.max_proposals}, "
