@@ -145,7 +145,8 @@ setup(
     # torch is deliberately not listed: we build against yours. The rest serve the model
     # layer (images, COCO masks and metrics, plots, progress bars).
     install_requires=["numpy", "Pillow", "pycocotools", "matplotlib", "tqdm"],
-    # pydetops.onnx (export to standard ONNX ops, checked with onnxruntime).
-    extras_require={"onnx": ["onnx", "onnxruntime", "onnxscript"]},
+    # pydetops.onnx (export to standard ONNX ops, checked with onnxruntime); rcnn: selective
+    # search proposals (cv2.ximgproc) for R-CNN, SPPNet and Fast R-CNN.
+    extras_require={"onnx": ["onnx", "onnxruntime", "onnxscript"], "rcnn": ["opencv-contrib-python-headless"]},
     zip_safe=False,
 )

@@ -256,6 +256,8 @@ def _train(a: argparse.Namespace, dist: "_Dist") -> int:
     model = _build(models, a.model, train_raw.num_classes, kwargs).to(device)
     if ckpt is not None:
         model.load_state_dict(ckpt["state_dict"])
+    if hasattr(model, "set_proposal_cache_dir"):  # models with external proposals (R-CNN, ...): keep them on disk
+        model.set_proposal_cache_dir(os.path.join(a.out, "proposals"))
     core = model
     if dist.world > 1:
         model = torch.nn.parallel.DistributedDataParallel(

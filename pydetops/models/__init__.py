@@ -1,17 +1,27 @@
 """pydetops.models: the detector family, assembled from pydetops.ops.
 
 ``MODELS`` maps a command-line model name to its constructor, called as
-``MODELS[name](num_classes=K, **kwargs)``.
+``MODELS[name](num_classes=K, **kwargs)``; the order is the seeds' (the two-stage lineage,
+then sliding windows, one-stage detectors and segmentation).
 """
 from .faster_rcnn import FasterRCNN, faster_rcnn, fasterrcnn_mobilenet_v3_large_fpn, fasterrcnn_resnet50_fpn
+from .fast_rcnn import FastRCNN, fast_rcnn
 from .fcn import FCN, fcn
 from .hog_svm import HOGSVM, hog_svm
+from .rcnn import RCNN, rcnn
+from .sppnet import SPPNet, sppnet
 
 MODELS = {
+    "hog_svm": hog_svm,
+    "rcnn": rcnn,
+    "sppnet": sppnet,
+    "fast_rcnn": fast_rcnn,
     "faster_rcnn": faster_rcnn,
     "fcn": fcn,
-    "hog_svm": hog_svm,
 }
 
-__all__ = ["MODELS", "FasterRCNN", "faster_rcnn", "fasterrcnn_resnet50_fpn", "fasterrcnn_mobilenet_v3_large_fpn",
-           "FCN", "fcn", "HOGSVM", "hog_svm"]
+__all__ = ["MODELS",
+           "HOGSVM", "hog_svm",
+           "RCNN", "rcnn", "SPPNet", "sppnet", "FastRCNN", "fast_rcnn",
+           "FasterRCNN", "faster_rcnn", "fasterrcnn_resnet50_fpn", "fasterrcnn_mobilenet_v3_large_fpn",
+           "FCN", "fcn"]

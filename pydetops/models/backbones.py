@@ -29,6 +29,7 @@ __all__ = [
     "mobilenet_v3_fpn_backbone",
     "fold_frozen_batchnorm_",
     "norm_layer_by_name",
+    "single_map_backbone",
 ]
 
 
@@ -523,3 +524,40 @@ def _fold(conv: nn.Conv2d, bn: nn.Module) -> None:
     bias = shift if conv.bias is None else conv.bias * scale + shift
     conv.bias = nn.Parameter(bias, requires_grad=False)
 
+
+# ---------------------------------------------------------------------------
+# one feature map (SPPNet, Fast R-CNN, R-CNN's per-region CNN)
+# ---------------------------------------------------------------------------
+
+
+class SingleMapBackbone(nn.Module):
+    """A trunk cut after the stage of stride ``stride``: ``forward(Tensor[N, 3, H, W])`` ->
+    Tensor[N, out_channels, ceil(H / stride), ceil(W / stride)] (one map, no pyramid)."""
+
+    def __init__(self, body: nn.Module, out_channels: int, stride: int):
+        super().__init__()
+        self.body = body
+        self.out_channels = out_channels
+        self.stride = stride
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.body(x)
+        return list(out.values())[-1] if isinstance(out, dict) else out
+
+
+def single_map_backbone(name: str = "tiny", norm_layer: Callable[[int], nn.Module] = _group_norm,
+                        stride: int = 16) -> SingleMapBackbone:
+    """"tiny" (TinyCNN's first 3, 4 or all 5 stages: 64 / 128 / 128 channels at stride 8 / 16 / 32),
+    "resnet18" / "resnet50" (up to layer2, layer3 or layer4: 128 / 256 / 512 and 512 / 1024 / 2048
+    channels at stride 8 / 16 / 32), all layers trainable."""
+    if stride not in (8, 16, 32):
+        raise ValueError(f"stride: must be 8, 16 or 32, got {stride!r}")
+    if name == "tiny":
+        trunk = TinyCNN(norm_layer=norm_layer)
+        n = {8: 3, 16: 4, 32: 5}[stride]
+        return SingleMapBackbone(nn.Sequential(*list(trunk.stages.children())[:n]), trunk.channels[n - 2], stride)
+    if name in ("resnet18", "resnet50"):
+        trunk = resnet18(norm_layer) if name == "resnet18" else resnet50(norm_layer)
+        layer = {8: "layer2", 16: "layer3", 32: "layer4"}[stride]
+        return SingleMapBackbone(_ResNetBody(trunk, {layer: "0"}), trunk.channels[int(layer[-1]) - 1], stride)
+    raise ValueError(f"backbone: must be 'tiny', 'resnet18' or 'resnet50', got {name!r}")

@@ -140,6 +140,10 @@ class RoIHeads(nn.Module):
         regression_targets = self.box_coder.encode(matched_gt, sampled_props)
         return sampled_props, sampled_labels, list(regression_targets)
 
+    def foreground_scores(self, class_logits: Tensor) -> Tensor:
+        """Tensor[R, K+1] logits -> Tensor[R, K] the foreground classes' scores (softmax)."""
+        return F.softmax(class_logits, -1)[:, 1:]
+
     def postprocess_detections(self, class_logits: Tensor, box_regression: Tensor, proposals: List[Tensor],
                                image_shapes: List[Tuple[int, int]]) -> List[Dict[str, Tensor]]:
         """Decode per class, clip, drop background / low scores / tiny boxes, NMS per class, keep the
@@ -151,7 +155,7 @@ class RoIHeads(nn.Module):
         counts = [int(p.shape[0]) for p in proposals]
         num_images = len(proposals)
         most = max(counts) if num_images > 0 else 0
-        scores = F.softmax(class_logits, -1)[:, 1:]
+        scores = self.foreground_scores(class_logits)
         codes = box_regression[:, 4:]
         if num_images == 1 or all(c == most for c in counts):
             scores_b = scores.reshape(num_images, most, num_classes - 1)
