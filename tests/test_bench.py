@@ -223,3 +223,24 @@ def test_usable_torchvision_is_the_baseline():
     assert f"baseline: torchvision {st.version} (real torchvision.ops)" in st.describe()
     names = {c.baseline_name for c in boxes.cases("cpu", quick=True) if c.baseline is not None}
     assert names == {f"torchvision {st.version}"}
+
+
+@pytest.mark.parametrize("slow", [False, True])
+def test_slow_cases_are_timed_once_per_round(monkeypatch, slow):
+    # Whole detectors take seconds per call: 1 untimed first call + 3 timed calls per side,
+    # instead of 3 rounds of (warm-up + repeats / 3); fast cases keep the full count.
+    monkeypatch.setattr(_core, "SLOW_CALL_S", 0.0 if slow else 1e9)
+    calls = {"ours": 0, "base": 0}
+
+    def ours():
+        calls["ours"] += 1
+
+    def base():
+        calls["base"] += 1
+
+    case = _core.Case("op", "cfg", ours, base, "baseline")
+    (row,) = _core.run_cases([case], repeats=9, progress=lambda msg: None)
+    expected_timed = 3 if slow else 9
+    expected_calls = 1 + (3 if slow else 3 * (1 + 3))
+    assert calls == {"ours": expected_calls, "base": expected_calls}
+    assert row["calls"] == expected_timed

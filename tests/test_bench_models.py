@@ -20,10 +20,12 @@ def _one_thread():
 def test_model_cases_run_on_a_tiny_image():
     tv = _core.torchvision_status(refresh=True)
     cases = models.model_cases("cpu", (64, 80), 64, 80, 2, (64, 64))
-    assert [c.op for c in cases] == ["faster_rcnn_r50_fpn inference", "faster_rcnn_mobilenet_v3_fpn inference",
-                                     "faster_rcnn_tiny train step"]
+    assert [c.op for c in cases] == ["faster_rcnn_r50_fpn inference", "faster_rcnn_r50_fpn inference optimized",
+                                     "faster_rcnn_mobilenet_v3_fpn inference",
+                                     "faster_rcnn_mobilenet_v3_fpn inference optimized",
+                                     "faster_rcnn_tiny train step", "faster_rcnn_r50_fpn train step channels-last"]
     rows = _core.run_cases(cases, 3, progress=lambda msg: None)
-    for row in rows[:2]:
+    for row in rows[:4]:
         assert row["calls"] == 3 and row["ours_ms"] > 0
         assert row["details"].startswith("ours per stage (medians): ")
         for stage in models.STAGES:
@@ -34,12 +36,17 @@ def test_model_cases_run_on_a_tiny_image():
         else:
             assert row["baseline_ms"] is None and row["speedup"] is None and not row["comparable"]
             assert "no plain-torch equivalent" in row["note"]
-    train = rows[2]
+    for row in (rows[1], rows[3]):
+        assert "optimize_for_inference()" in row["note"]
+    r50_train = rows[5]
+    assert r50_train["ours_ms"] > 0 and "use_channels_last(True)" in r50_train["note"]
+    assert (r50_train["speedup"] is not None) == tv.usable
+    train = rows[4]
     assert train["baseline_ms"] is None and train["speedup"] is None
     rate = float(train["details"].split(" images/s")[0])
     assert rate == pytest.approx(2 / (train["ours_ms"] / 1e3), abs=0.05 + 1e-9)  # printed with one decimal
     table = _core.format_table(rows)
-    assert table.splitlines()[-1] == f"faster_rcnn_tiny train step batch 2 64x64: {train['details']}"
+    assert f"faster_rcnn_tiny train step batch 2 64x64: {train['details']}" in table.splitlines()
 
 
 def test_stage_timer_covers_the_forward():

@@ -255,6 +255,9 @@ def make_row(case: Case, ours_s: Sequence[float], base_s: Sequence[float],
                 calls=len(ours_s), note=case.note)
 
 
+SLOW_CALL_S = 1.0  # calls slower than this are timed once per round (3 timed calls per side)
+
+
 def run_cases(cases: List[Case], repeats: int, progress: Callable[[str], None]) -> List[dict]:
     """Times every case, interleaving ours and the baseline, and returns one row per case."""
     rows = []
@@ -265,13 +268,20 @@ def run_cases(cases: List[Case], repeats: int, progress: Callable[[str], None]) 
         ours_c: List[float] = []
         base_w: List[float] = []
         base_c: List[float] = []
+        # A side whose calls take seconds (whole detectors) is timed once per round with no
+        # further warm-up: a dozen 10-second calls per side would add minutes and no information.
+        first = _time_calls(case.ours, case.device, 1, 0, 0.0)[0]
+        if case.baseline is not None:
+            first += _time_calls(case.baseline, case.device, 1, 0, 0.0)[0]
+        slow = max(first) > SLOW_CALL_S
+        n, warmup = (1, 0) if slow else (per_round, 1)
         # Three rounds, alternating the two sides, so that machine noise hits both alike.
         for _ in range(3):
-            w, c = _time_calls(case.ours, case.device, per_round, 1, 0.0)
+            w, c = _time_calls(case.ours, case.device, n, warmup, 0.0)
             ours_w += w
             ours_c += c
             if case.baseline is not None:
-                w, c = _time_calls(case.baseline, case.device, per_round, 1, 0.0)
+                w, c = _time_calls(case.baseline, case.device, n, warmup, 0.0)
                 base_w += w
                 base_c += c
         row = make_row(case, ours_w, base_w, ours_c, base_c)

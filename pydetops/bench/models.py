@@ -8,8 +8,12 @@
   stand-in for a whole detector: ours is timed alone and the row says so.
 * Under the table, ours' per-stage medians (transform, backbone+FPN, RPN, RoI heads,
   postprocess; forward hooks) and how many of torchvision's detections ours reproduces.
+* The same two after ``optimize_for_inference()`` (BatchNorm folded into the convolutions,
+  channels-last backbone and RPN head): the speed-ups issue 10 asks for (R50 1.5x, MobileNet 2x).
 * ``faster_rcnn(backbone="tiny")`` training step (forward, backward, SGD), images/s; ours only
   (torchvision has no such backbone).
+* ``faster_rcnn_r50_fpn`` training step, ours with ``use_channels_last(True)`` against
+  torchvision's with the same weights, image and targets (the issue's 1.3x).
 
 ``benchmarks/faster_rcnn_speed.py`` (the longer side-by-side script with the optimized
 variants) imports its shared pieces from here: :class:`StageTimer`, :func:`tv_model`,
@@ -157,7 +161,10 @@ def _sync_fn(device: str) -> Optional[Callable[[], None]]:
     return torch.cuda.synchronize if device.startswith("cuda") else None
 
 
-def _inference_case(kind: str, device: str, hw: Tuple[int, int], min_size: int, max_size: int) -> Case:
+def _inference_case(kind: str, device: str, hw: Tuple[int, int], min_size: int, max_size: int,
+                    optimized: bool = False) -> Case:
+    """Ours against torchvision's model with the same weights; ``optimized``: ours after
+    ``optimize_for_inference()`` (BatchNorm folded into the convs, channels-last backbone)."""
     tv = torchvision_status()
     state: Dict[str, Any] = {}
 
@@ -170,6 +177,8 @@ def _inference_case(kind: str, device: str, hw: Tuple[int, int], min_size: int, 
             else:
                 ours, theirs = ours_only(kind, min_size=min_size, max_size=max_size), None
             ours.eval().to(device)
+            if optimized:
+                ours.optimize_for_inference()
             timer = StageTimer(ours, _sync_fn(device))
             with torch.no_grad():
                 a = ours([img])[0]
@@ -203,9 +212,66 @@ def _inference_case(kind: str, device: str, hw: Tuple[int, int], min_size: int, 
         baseline, name, comparable = None, "none (torchvision not usable here)", False
         note = ("a whole detector has no plain-torch equivalent: without torchvision only pydetops is timed "
                 "(random weights), no speed-up")
+    if optimized:
+        note = (note + " " if note else "") + (
+            "optimize_for_inference(): BatchNorm folded into the convolutions and a channels-last backbone; its "
+            "features differ from the plain model's by float rounding (~5e-6 relative), which can reorder "
+            "near-tied scores of a random-weight model (benchmarks/NOTES.md, issue 10)")
     config = f"1 image {hw[0]}x{hw[1]}, min_size {min_size}"
-    return Case(_NAMES[kind] + " inference", config, run_ours, baseline, name, device=device,
-                comparable=comparable, note=note, details=details)
+    op = _NAMES[kind] + (" inference optimized" if optimized else " inference")
+    return Case(op, config, run_ours, baseline, name, device=device, comparable=comparable, note=note,
+                details=details)
+
+
+def _tv_train_case(kind: str, device: str, hw: Tuple[int, int]) -> Case:
+    """One training step (forward, backward, SGD) of ours in channels-last (``use_channels_last()``)
+    against torchvision's model with the same weights, on the same image and targets."""
+    tv = torchvision_status()
+    state: Dict[str, Any] = {}
+
+    def build() -> Dict[str, Any]:
+        if not state:
+            h, w = hw
+            img = structured_image(h, w).to(device)
+            sy, sx = h / 800.0, w / 1088.0
+            boxes = torch.tensor([[(80 * k + 10) * sx, (50 * k + 20) * sy, (80 * k + 170) * sx, (50 * k + 140) * sy]
+                                  for k in range(4)], device=device)
+            targets = [{"boxes": boxes, "labels": torch.tensor([1, 2, 3, 4], device=device)}]
+            if tv.usable:
+                ours, theirs = model_pair(kind, min_size=min(hw), max_size=max(hw))
+                theirs.train().to(device)
+            else:
+                ours, theirs = ours_only(kind, min_size=min(hw), max_size=max(hw)), None
+            ours.train().to(device).use_channels_last(True)
+
+            def stepper(model):
+                opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-5, momentum=0.9)
+
+                def step():
+                    losses = model([img], targets)
+                    opt.zero_grad()
+                    sum(losses.values()).backward()
+                    opt.step()
+                return step
+            state.update(ours=stepper(ours), theirs=stepper(theirs) if theirs is not None else None)
+        return state
+
+    def run_ours():
+        build()["ours"]()
+
+    def run_theirs():
+        build()["theirs"]()
+
+    if tv.usable:
+        baseline, name, comparable, note = (run_theirs, f"torchvision {tv.version} FasterRCNN, same weights", True,
+                                            "")
+    else:
+        baseline, name, comparable = None, "none (torchvision not usable here)", False
+        note = "without torchvision only pydetops is timed (random weights), no speed-up"
+    note = (note + " " if note else "") + (
+        "ours with use_channels_last(True): channels-last backbone and RPN head, BatchNorm not folded (trainable)")
+    return Case(_NAMES[kind] + " train step channels-last", f"1 image {hw[0]}x{hw[1]}, forward+backward+SGD",
+                run_ours, baseline, name, device=device, comparable=comparable, note=note)
 
 
 def _train_case(device: str, batch: int, hw: Tuple[int, int]) -> Case:
@@ -245,8 +311,11 @@ def _train_case(device: str, batch: int, hw: Tuple[int, int]) -> Case:
 def model_cases(device: str, image_hw: Tuple[int, int], min_size: int, max_size: int,
                 train_batch: int, train_hw: Tuple[int, int], kinds=("r50", "mobilenet")) -> List[Case]:
     """The model cases at the given sizes (the models are built on their first call, not here)."""
-    cases = [_inference_case(k, device, image_hw, min_size, max_size) for k in kinds]
+    cases = [_inference_case(k, device, image_hw, min_size, max_size, optimized)
+             for k in kinds for optimized in (False, True)]
     cases.append(_train_case(device, train_batch, train_hw))
+    if "r50" in kinds:
+        cases.append(_tv_train_case("r50", device, image_hw))
     return cases
 
 
