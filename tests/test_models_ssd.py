@@ -337,10 +337,11 @@ def _tv_detection():
         pytest.skip(f"torchvision is not usable here: {type(err).__name__}: {err}")
 
 
-@pytest.mark.parametrize("topk,max_det", [(400, 200), (30, 40)])
-def test_postprocess_matches_torchvisions(topk, max_det):
+@pytest.mark.parametrize("topk,max_det,background", [(400, 200, 0.0), (30, 40, 0.0), (400, 200, 4.0)])
+def test_postprocess_matches_torchvisions(topk, max_det, background):
     # torchvision's own SSD.postprocess_detections (per image, per class loops) on the same head
     # outputs: 21 classes, many above the threshold, so the per-class top-k and the cut both act
+    # (with a background offset only some classes of some images hit the top-k)
     _tv_detection()
     from torchvision.models.detection import _utils as det_utils
     from torchvision.models.detection.ssd import SSD as TvSSD
@@ -351,11 +352,15 @@ def test_postprocess_matches_torchvisions(topk, max_det):
     a = anchors_one[0].shape[0]
     head = {"bbox_regression": torch.randn(2, a, 4, generator=g) * 0.5,
             "cls_logits": torch.randn(2, a, 21, generator=g) * 2}
+    head["cls_logits"][:, :, 0] += background
+    head["cls_logits"][0, :, 3] += background  # class 3 of image 0 keeps many candidates
     fake = types.SimpleNamespace(box_coder=det_utils.BoxCoder((10.0, 10.0, 5.0, 5.0)), score_thresh=0.01,
                                  topk_candidates=topk, nms_thresh=0.45, detections_per_img=max_det)
     shapes = [(128, 128), (128, 128)]
     want = TvSSD.postprocess_detections(fake, head, anchors_one, shapes)
     got = model.postprocess_detections(head, anchors_one, shapes)
+    over = (torch.softmax(head["cls_logits"], -1) > 0.01).sum(1)[:, 1:] > topk
+    assert over.any() and (background == 0.0 or not over.all())
     for x, y in zip(got, want):
         assert len(y["boxes"]) == max_det
         assert torch.equal(x["labels"], y["labels"])
@@ -434,3 +439,19 @@ def test_ssd300_defaults_as_torchvisions(tmp_path):
     torch.save(vgg, tmp_path / "bad.pt")
     with pytest.raises(ValueError, match="weights_backbone"):
         ssd300_vgg16(weights_backbone=str(tmp_path / "bad.pt"))
+
+
+# ---------------------------------------------------------------- the benchmark cases
+
+def test_bench_cases_and_stage_timer():
+    from pydetops.bench import _core, models_ssd
+    cases = models_ssd.cases("cpu", quick=True)  # the models are built on a case's first call, not here
+    assert [c.op for c in cases] == ["ssd300_vgg16 inference", "ssd300_vgg16 inference (channels-last)",
+                                     "ssd300_vgg16 postprocess", "ssd300_vgg16 postprocess", "ssd_tiny train step"]
+    rows = _core.run_cases(cases[-1:], 3, progress=lambda msg: None)
+    assert rows[0]["calls"] == 3 and rows[0]["baseline_ms"] is None and "images/s" in rows[0]["details"]
+    model = ssd(num_classes=3).eval()
+    timer = models_ssd.SSDStageTimer(model)
+    with torch.no_grad():
+        model([torch.rand(3, 64, 80)])
+    assert list(timer.medians()) == list(models_ssd.STAGES)

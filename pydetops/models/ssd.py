@@ -309,6 +309,8 @@ class SSD(nn.Module):
             raise ValueError(f"positive_fraction: must be in (0, 1], got {positive_fraction}")
         if detections_per_img < 0:
             raise ValueError(f"detections_per_img: must be >= 0, got {detections_per_img}")
+        if topk_candidates < 0:
+            raise ValueError(f"topk_candidates: must be >= 0, got {topk_candidates}")
         if head is None:
             if not hasattr(backbone, "out_channels"):
                 raise ValueError("backbone: must have out_channels (one per feature map) when head is not given")
@@ -400,34 +402,41 @@ class SSD(nn.Module):
         ``topk_candidates`` best, decoded (weights 10, 10, 5, 5) and clipped, NMS at ``nms_thresh``;
         then the ``detections_per_img`` best over all classes by decreasing score.
 
-        One ``detection_postprocess`` kernel call does the whole batch: each (image, class) pair is
-        one of its "images" (scores Tensor[B (C-1), A, 1]), so that its top-k and NMS are per class.
+        One ``detection_postprocess`` kernel call does the batch on the scores as they are
+        (Tensor[B, A, C], the background column set to -inf): threshold, decode, clip, NMS per
+        class, the best ``detections_per_img``. Only the per-class cap is done before it, and only
+        for the (image, class) pairs with more than ``topk_candidates`` scores above the threshold.
         """
         codes, logits = head_outputs["bbox_regression"], head_outputs["cls_logits"]
-        b, a, c = logits.shape
-        k = c - 1
-        d = self.detections_per_img
-        scores = F.softmax(logits, dim=-1)
-        per_class = scores[:, :, 1:].permute(0, 2, 1).reshape(b * k, a, 1)
-        per_class_codes = codes[:, None].expand(b, k, a, 4).reshape(b * k, a, 4)
+        scores = F.softmax(logits.detach(), dim=-1)                                   # [B, A, C]
+        scores[:, :, 0] = -math.inf                                                    # background
+        self._keep_topk_per_class(scores)
         if all(x is anchors[0] or torch.equal(x, anchors[0]) for x in anchors[1:]):
             default_boxes = anchors[0]                                       # shared: Tensor[A, 4]
         else:
-            default_boxes = torch.stack(anchors)[:, None].expand(b, k, a, 4).reshape(b * k, a, 4)
-        sizes = [(int(s[0]), int(s[1])) for s in image_shapes for _ in range(k)]
-        boxes, sc, _, counts = detection_postprocess_padded(
-            per_class, per_class_codes, default_boxes, sizes, None, self.score_thresh, self.topk_candidates,
-            self.nms_thresh, d, self.box_coder.weights, self.box_coder.bbox_xform_clip)
-        # the d best of each class are sorted: merge the classes of each image
-        valid = torch.arange(d, device=counts.device)[None, :] < counts[:, None]             # [B K, d]
-        sc = sc.masked_fill(~valid, -math.inf).view(b, k * d)
-        order = sc.sort(dim=1, descending=True, stable=True).indices[:, :d]
-        boxes = boxes.view(b, k * d, 4)
-        out: List[Dict[str, Tensor]] = []
-        for i, n in enumerate(valid.view(b, k * d).sum(dim=1).clamp(max=d).tolist()):
-            keep = order[i, :n]
-            out.append({"boxes": boxes[i, keep], "scores": sc[i, keep], "labels": keep // d + 1})
-        return out
+            default_boxes = torch.stack(anchors)                                       # [B, A, 4]
+        boxes, sc, labels, counts = detection_postprocess_padded(
+            scores, codes.detach(), default_boxes, [(int(s[0]), int(s[1])) for s in image_shapes], None,
+            self.score_thresh, -1, self.nms_thresh, self.detections_per_img, self.box_coder.weights,
+            self.box_coder.bbox_xform_clip)
+        return [{"boxes": boxes[i, :n], "scores": sc[i, :n], "labels": labels[i, :n]}
+                for i, n in enumerate(counts.tolist())]
+
+    def _keep_topk_per_class(self, scores: Tensor) -> None:
+        """In place: of each (image, class) column of Tensor[B, A, C] with more than ``topk_candidates``
+        scores above ``score_thresh``, only the ``topk_candidates`` highest stay, the others become -inf."""
+        k = int(self.topk_candidates)
+        if k >= scores.shape[1]:
+            return
+        counts = (scores > self.score_thresh).sum(dim=1, dtype=torch.int32)             # [B, C]
+        img, cls = torch.where(counts > k)
+        if img.numel() == 0:
+            return
+        by_class = scores.permute(0, 2, 1)                                              # [B, C, A] view
+        columns = by_class[img, cls]                                                    # [n, A] copy
+        top = columns.topk(k, dim=1)
+        capped = torch.full_like(columns, -math.inf).scatter_(1, top.indices, top.values)
+        by_class[img, cls] = capped
 
     def use_channels_last(self, enabled: bool = True) -> "SSD":
         """Run the backbone and the head in channels-last memory format (NHWC): oneDNN's CPU convs
