@@ -216,6 +216,20 @@ def test_images_of_other_sizes_map_back_to_their_pixels():
     assert all(len(d["boxes"]) == 50 for d in out)
 
 
+def test_autocast_bfloat16_trains_and_detects_in_float32():
+    torch.manual_seed(0)
+    model = ssd(num_classes=3)
+    imgs, targets = _synthetic_batch()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = model(imgs, targets)
+        assert all(torch.isfinite(v) for v in losses.values())
+        sum(losses.values()).backward()
+        with torch.no_grad():
+            out = model.eval()(imgs)
+    assert all(d["boxes"].dtype == torch.float32 and d["scores"].dtype == torch.float32 for d in out)
+    _check_detections(out, imgs, 3)
+
+
 def test_channels_last_gives_the_same_detections():
     torch.manual_seed(0)
     model = ssd(num_classes=4, score_thresh=0.05).eval()

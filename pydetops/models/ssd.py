@@ -407,8 +407,11 @@ class SSD(nn.Module):
         class, the best ``detections_per_img``. Only the per-class cap is done before it, and only
         for the (image, class) pairs with more than ``topk_candidates`` scores above the threshold.
         """
-        codes, logits = head_outputs["bbox_regression"], head_outputs["cls_logits"]
-        scores = F.softmax(logits.detach(), dim=-1)                                   # [B, A, C]
+        # float32 at least (under autocast the head gives bfloat16 / float16: too coarse for pixels)
+        dtype = torch.promote_types(head_outputs["bbox_regression"].dtype, torch.float32)
+        codes = head_outputs["bbox_regression"].detach().to(dtype)
+        logits = head_outputs["cls_logits"].detach().to(dtype)
+        scores = F.softmax(logits, dim=-1)                                            # [B, A, C]
         scores[:, :, 0] = -math.inf                                                    # background
         self._keep_topk_per_class(scores)
         if all(x is anchors[0] or torch.equal(x, anchors[0]) for x in anchors[1:]):
@@ -416,7 +419,7 @@ class SSD(nn.Module):
         else:
             default_boxes = torch.stack(anchors)                                       # [B, A, 4]
         boxes, sc, labels, counts = detection_postprocess_padded(
-            scores, codes.detach(), default_boxes, [(int(s[0]), int(s[1])) for s in image_shapes], None,
+            scores, codes, default_boxes, [(int(s[0]), int(s[1])) for s in image_shapes], None,
             self.score_thresh, -1, self.nms_thresh, self.detections_per_img, self.box_coder.weights,
             self.box_coder.bbox_xform_clip)
         return [{"boxes": boxes[i, :n], "scores": sc[i, :n], "labels": labels[i, :n]}
