@@ -185,7 +185,7 @@ def test_model_contract_and_loss_falls():
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     model.train()
     totals = []
-    for _ in range(25):
+    for _ in range(40):
         losses = model(imgs, targets)
         assert set(losses) == {"bbox_regression", "classification"}
         loss = sum(losses.values())
@@ -199,11 +199,12 @@ def test_model_contract_and_loss_falls():
     with torch.no_grad():
         out = model(imgs)
     _check_detections(out, imgs, 3)
-    # it has learnt the objects: each ground truth is found (IoU >= 0.5, right class) among the top 5
+    # it has learnt the two objects of each image: each is found (IoU >= 0.5, right class) among the
+    # image's 4 best detections (ranks 0-1 measured, with 1 or 2 threads and other seeds)
     for det, t in zip(out, targets):
         for box, label in zip(t["boxes"], t["labels"]):
-            top = det["labels"][:5] == label
-            assert top.any() and float(box_iou(box[None], det["boxes"][:5][top]).max()) >= 0.5
+            top = det["labels"][:4] == label
+            assert top.any() and float(box_iou(box[None], det["boxes"][:4][top]).max()) >= 0.5
 
 
 def test_images_of_other_sizes_map_back_to_their_pixels():
