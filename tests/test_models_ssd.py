@@ -35,7 +35,8 @@ def _synthetic_batch(size=128, seed=0):
         img = torch.rand(3, size, size, generator=g) * 0.2
         boxes, labels = [], []
         for j in range(2):
-            x, y = int(torch.randint(0, size - 60, (1,), generator=g)), int(torch.randint(0, size - 60, (1,), generator=g))
+            x = int(torch.randint(0, size - 60, (1,), generator=g))
+            y = int(torch.randint(0, size - 60, (1,), generator=g))
             w, h = 30 + 10 * j, 40 - 10 * j
             cls = 1 + (i + j) % 2
             img[cls - 1, y:y + h, x:x + w] = 1.0
