@@ -238,7 +238,8 @@ def test_channels_last_gives_the_same_detections():
     imgs, _ = _synthetic_batch()
     with torch.no_grad():
         a = model(imgs)
-        b = model.use_channels_last()(imgs)
+        b = model.optimize_for_inference()(imgs)
+    assert model.channels_last and not model.training
     for x, y in zip(a, b):
         assert len(x["boxes"]) > 0 and torch.equal(x["labels"], y["labels"])
         torch.testing.assert_close(x["boxes"], y["boxes"], atol=1e-3, rtol=0)

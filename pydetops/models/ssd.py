@@ -450,6 +450,12 @@ class SSD(nn.Module):
         self.head.to(memory_format=fmt)
         return self
 
+    def optimize_for_inference(self, channels_last: bool = True) -> "SSD":
+        """Eval mode and (by default) the channels-last backbone and head: SSD300 ran 1.3x faster on a
+        2-core CPU (benchmarks/RESULTS.md), boxes within 1.3e-3 px of the default format's. Returns self."""
+        self.eval()
+        return self.use_channels_last(channels_last)
+
 
 # ---------------------------------------------------------------------------
 # constructors
