@@ -421,13 +421,13 @@ def test_torchvision_weights_give_the_same_detections_and_losses():
         assert torch.equal(x["labels"], y["labels"])
         torch.testing.assert_close(x["boxes"], y["boxes"], atol=1e-3, rtol=0)
         torch.testing.assert_close(x["scores"], y["scores"], atol=1e-5, rtol=1e-4)
+    # training losses on one image (the batch normalisation is checked on the small model above)
     targets = [{"boxes": torch.tensor([[60.0, 40.0, 200.0, 120.0], [10.0, 150.0, 50.0, 190.0]]),
-                "labels": torch.tensor([1, 4])},
-               {"boxes": torch.tensor([[100.0, 30.0, 260.0, 300.0]]), "labels": torch.tensor([2])}]
+                "labels": torch.tensor([1, 4])}]
     ours.train()
     theirs.train()
     with torch.no_grad():
-        la, lb = ours(imgs, targets), theirs(imgs, targets)
+        la, lb = ours(imgs[:1], targets), theirs(imgs[:1], targets)
     assert list(la) == list(lb)
     for k in la:
         torch.testing.assert_close(la[k], lb[k], rtol=1e-4, atol=1e-5, msg=k)
