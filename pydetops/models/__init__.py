@@ -10,6 +10,7 @@ from .fcn import FCN, fcn
 from .hog_svm import HOGSVM, hog_svm
 from .rcnn import RCNN, rcnn
 from .sppnet import SPPNet, sppnet
+from .ssd import SSD, ssd, ssd300_vgg16
 
 MODELS = {
     "hog_svm": hog_svm,
@@ -17,6 +18,7 @@ MODELS = {
     "sppnet": sppnet,
     "fast_rcnn": fast_rcnn,
     "faster_rcnn": faster_rcnn,
+    "ssd": ssd,
     "fcn": fcn,
 }
 
@@ -24,4 +26,5 @@ __all__ = ["MODELS",
            "HOGSVM", "hog_svm",
            "RCNN", "rcnn", "SPPNet", "sppnet", "FastRCNN", "fast_rcnn",
            "FasterRCNN", "faster_rcnn", "fasterrcnn_resnet50_fpn", "fasterrcnn_mobilenet_v3_large_fpn",
+           "SSD", "ssd", "ssd300_vgg16",
            "FCN", "fcn"]

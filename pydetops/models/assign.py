@@ -10,7 +10,7 @@ from torch import Tensor
 
 from ..ops import match_boxes
 
-__all__ = ["BELOW_LOW_THRESHOLD", "BETWEEN_THRESHOLDS", "match", "BalancedSampler"]
+__all__ = ["BELOW_LOW_THRESHOLD", "BETWEEN_THRESHOLDS", "match", "match_with_best_per_gt", "BalancedSampler"]
 
 BELOW_LOW_THRESHOLD = -1
 BETWEEN_THRESHOLDS = -2
@@ -45,6 +45,36 @@ def match(gt_boxes: Tensor, boxes: Tensor, high_threshold: float, low_threshold:
     if low_threshold > high_threshold:
         raise ValueError(f"low_threshold ({low_threshold}) must be <= high_threshold ({high_threshold})")
     return match_boxes(boxes, gt_boxes, high_threshold, low_threshold, allow_low_quality_matches)
+
+
+def match_with_best_per_gt(gt_boxes: Tensor, boxes: Tensor, threshold: float) -> Tensor:
+    """SSD's matching (torchvision's ``SSDMatcher`` semantics).
+
+    Each box is matched to the ground truth with which it has its highest IoU when that IoU is
+    >= ``threshold`` (else ``BELOW_LOW_THRESHOLD``, -1); then every ground truth ``j`` also
+    claims its own best box (highest IoU, the lowest box index on ties), whatever that IoU, so
+    that no ground truth is left without a box (a box claimed by several takes the last one).
+
+    Args:
+        gt_boxes: Tensor[G, 4] (x1, y1, x2, y2); G = 0 gives all -1.
+        boxes: Tensor[N, 4] (x1, y1, x2, y2), the default boxes.
+        threshold: IoU at or above which a box is matched (0.5 in SSD).
+
+    Returns:
+        Tensor[N] int64: ground-truth index or -1.
+
+    Two calls of the streamed ``match_boxes`` kernel (no G x N IoU matrix): boxes against the
+    ground truths, then the ground truths against the boxes (each ground truth's best box).
+    """
+    if boxes.numel() == 0:
+        raise ValueError("boxes: no default boxes available for one of the images during training")
+    if gt_boxes.numel() == 0:
+        return torch.full((boxes.shape[0],), BELOW_LOW_THRESHOLD, dtype=torch.int64, device=boxes.device)
+    matches, _ = match_boxes(boxes, gt_boxes, threshold, threshold, False)
+    best_box_per_gt, _ = match_boxes(gt_boxes, boxes, 0.0, 0.0, False)
+    matches[best_box_per_gt] = torch.arange(gt_boxes.shape[0], dtype=torch.int64, device=matches.device)
+    return matches
+
 
 class BalancedSampler:
     """Draws up to ``batch_size_per_image`` samples per image, ``positive_fraction`` of them

@@ -22,6 +22,7 @@ __all__ = [
     "resnet50",
     "MobileNetV3Large",
     "TinyCNN",
+    "vgg16_features",
     "FeaturePyramidNetwork",
     "LastLevelMaxPool",
     "BackboneWithFPN",
@@ -322,6 +323,39 @@ class TinyCNN(nn.Module):
             x = self.stages[i](x)
             out[str(i - 1)] = x
         return out
+
+
+# ---------------------------------------------------------------------------
+# VGG-16 (Simonyan & Zisserman 2015), configuration "D"
+# ---------------------------------------------------------------------------
+
+_VGG16_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
+
+
+def vgg16_features(batch_norm: bool = False) -> nn.Sequential:
+    """VGG-16's convolutional trunk as torchvision's ``vgg16().features`` (same indices, so the
+    same ``state_dict`` keys ``0.weight``, ``2.weight``, ... ``28.weight``): thirteen 3x3 convs
+    (padding 1) each followed by ReLU (with ``batch_norm``: conv, BatchNorm2d, ReLU), and a 2x2
+    max pool of stride 2 after each of the five stages (widths 64, 128, 256, 512, 512).
+
+    ``forward(Tensor[N, 3, H, W])`` -> Tensor[N, 512, H / 32, W / 32] (floored at every pool).
+    Convs are initialised as torchvision's VGG (Kaiming normal, fan-out; zero bias).
+    """
+    layers: List[nn.Module] = []
+    cin = 3
+    for v in _VGG16_CFG:
+        if v == "M":
+            layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+            continue
+        conv = nn.Conv2d(cin, int(v), kernel_size=3, padding=1)
+        nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+        nn.init.zeros_(conv.bias)
+        layers.append(conv)
+        if batch_norm:
+            layers.append(nn.BatchNorm2d(int(v)))
+        layers.append(nn.ReLU(inplace=True))
+        cin = int(v)
+    return nn.Sequential(*layers)
 
 
 # ---------------------------------------------------------------------------

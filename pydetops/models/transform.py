@@ -31,12 +31,17 @@ class DetectionTransform(nn.Module):
 
     ``min_size``: int or tuple (training picks one at random per image, eval uses the last);
     ``max_size``: the cap of the long side; ``image_mean`` / ``image_std``: per channel.
+    ``fixed_size``: optional (width, height): every image is resized to exactly this size instead
+    (torchvision's ``fixed_size``, used by SSD; the aspect ratio is not kept).
     ``forward(images: List[Tensor[3, H, W]], targets)`` -> (ImageList, resized targets).
     """
 
     def __init__(self, min_size, max_size: int, image_mean: Sequence[float], image_std: Sequence[float],
-                 size_divisible: int = 32):
+                 size_divisible: int = 32, fixed_size: Optional[Tuple[int, int]] = None):
         super().__init__()
+        if fixed_size is not None and (len(fixed_size) != 2 or min(int(v) for v in fixed_size) < 1):
+            raise ValueError(f"fixed_size must be (width, height) >= 1, got {fixed_size}")
+        self.fixed_size = None if fixed_size is None else (int(fixed_size[0]), int(fixed_size[1]))
         if not isinstance(min_size, (list, tuple)):
             min_size = (min_size,)
         self.min_size = tuple(min_size)
@@ -76,10 +81,14 @@ class DetectionTransform(nn.Module):
             size = self.min_size[int(torch.empty(1).uniform_(0.0, float(len(self.min_size))).item())]
         else:
             size = self.min_size[-1]
-        short, long = float(min(h, w)), float(max(h, w))
-        scale = min(float(size) / short, float(self.max_size) / long)
-        image = F.interpolate(image[None], size=None, scale_factor=scale, mode="bilinear",
-                              recompute_scale_factor=True, align_corners=False)[0]
+        if self.fixed_size is not None:
+            image = F.interpolate(image[None], size=(self.fixed_size[1], self.fixed_size[0]), mode="bilinear",
+                                  align_corners=False)[0]
+        else:
+            short, long = float(min(h, w)), float(max(h, w))
+            scale = min(float(size) / short, float(self.max_size) / long)
+            image = F.interpolate(image[None], size=None, scale_factor=scale, mode="bilinear",
+                                  recompute_scale_factor=True, align_corners=False)[0]
         if target is None:
             return image, None
         if "boxes" in target:
@@ -116,4 +125,4 @@ class DetectionTransform(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"min_size={self.min_size}, max_size={self.max_size}, mean={self.image_mean}, "
-                f"std={self.image_std}")
+                f"std={self.image_std}" + (f", fixed_size={self.fixed_size}" if self.fixed_size else ""))
