@@ -137,5 +137,36 @@ PYDETOPS_HOST_DEVICE inline void cubic_taps(int64_t dst, int64_t in, int64_t out
 // hold the pixel positions.
 constexpr double kMaxKeypointMapSide = 16777216.0;  // 2^24
 
+// Per-RoI geometry, computed in the rois' dtype as torchvision does with tensor ops.
+struct RoiMap {
+  bool valid;
+  int64_t h, w;                   // resampled map size
+  double off_x, off_y;            // rois[:, 0], rois[:, 1]
+  double corr_x, corr_y;          // width / w, height / h (rounded to the rois' dtype)
+};
+
+template <typename T, typename op_t>
+PYDETOPS_HOST_DEVICE inline RoiMap roi_map_of(const T* r) {
+  RoiMap m{false, 1, 1, 0, 0, 0, 0};
+  T width = static_cast<T>(static_cast<op_t>(r[2]) - static_cast<op_t>(r[0]));
+  T height = static_cast<T>(static_cast<op_t>(r[3]) - static_cast<op_t>(r[1]));
+  // clamp(min=1) keeps NaN
+  if (static_cast<op_t>(width) < op_t(1)) width = T(1);
+  if (static_cast<op_t>(height) < op_t(1)) height = T(1);
+  const double wd = static_cast<double>(width), hd = static_cast<double>(height);
+  m.off_x = static_cast<double>(r[0]);
+  m.off_y = static_cast<double>(r[1]);
+  if (!(wd <= kMaxKeypointMapSide && hd <= kMaxKeypointMapSide) || !std::isfinite(m.off_x) ||
+      !std::isfinite(m.off_y)) {
+    return m;
+  }
+  m.valid = true;
+  m.w = static_cast<int64_t>(std::ceil(wd));
+  m.h = static_cast<int64_t>(std::ceil(hd));
+  m.corr_x = static_cast<double>(static_cast<T>(static_cast<op_t>(width) / static_cast<op_t>(m.w)));
+  m.corr_y = static_cast<double>(static_cast<T>(static_cast<op_t>(height) / static_cast<op_t>(m.h)));
+  return m;
+}
+
 }  // namespace pk
 }  // namespace pydetops

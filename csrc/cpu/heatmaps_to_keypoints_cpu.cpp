@@ -41,38 +41,6 @@
 namespace pydetops {
 namespace {
 
-// Per-RoI geometry, computed in the rois' dtype as torchvision does with tensor ops.
-struct RoiMap {
-  bool valid;
-  int64_t h, w;                   // resampled map size
-  double off_x, off_y;            // rois[:, 0], rois[:, 1]
-  double corr_x, corr_y;          // width / w, height / h (rounded to the rois' dtype)
-};
-
-template <typename T>
-RoiMap roi_map_of(const T* r) {
-  using op_t = at::opmath_type<T>;
-  RoiMap m{false, 1, 1, 0, 0, 0, 0};
-  T width = static_cast<T>(static_cast<op_t>(r[2]) - static_cast<op_t>(r[0]));
-  T height = static_cast<T>(static_cast<op_t>(r[3]) - static_cast<op_t>(r[1]));
-  // clamp(min=1) keeps NaN
-  if (static_cast<op_t>(width) < op_t(1)) width = T(1);
-  if (static_cast<op_t>(height) < op_t(1)) height = T(1);
-  const double wd = static_cast<double>(width), hd = static_cast<double>(height);
-  m.off_x = static_cast<double>(r[0]);
-  m.off_y = static_cast<double>(r[1]);
-  if (!(wd <= pk::kMaxKeypointMapSide && hd <= pk::kMaxKeypointMapSide) || !std::isfinite(m.off_x) ||
-      !std::isfinite(m.off_y)) {
-    return m;
-  }
-  m.valid = true;
-  m.w = static_cast<int64_t>(std::ceil(wd));
-  m.h = static_cast<int64_t>(std::ceil(hd));
-  m.corr_x = static_cast<double>(static_cast<T>(static_cast<op_t>(width) / static_cast<op_t>(m.w)));
-  m.corr_y = static_cast<double>(static_cast<T>(static_cast<op_t>(height) / static_cast<op_t>(m.h)));
-  return m;
-}
-
 template <typename acc_t>
 struct Taps {
   std::vector<int64_t> idx;  // 4 per output pixel
@@ -100,12 +68,12 @@ void keypoints_kernel(const at::Tensor& heatmaps, const at::Tensor& rois, at::Te
   const hm_t* hm = heatmaps.const_data_ptr<hm_t>();
 
   // Per-RoI geometry (R is small).
-  std::vector<RoiMap> maps(static_cast<size_t>(R));
+  std::vector<pk::RoiMap> maps(static_cast<size_t>(R));
   {
     const at::Tensor rc = rois.contiguous();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, rc.scalar_type(), "heatmaps_to_keypoints_rois", [&] {
       const scalar_t* p = rc.const_data_ptr<scalar_t>();
-      for (int64_t r = 0; r < R; ++r) maps[r] = roi_map_of<scalar_t>(p + 4 * r);
+      for (int64_t r = 0; r < R; ++r) maps[r] = pk::roi_map_of<scalar_t, at::opmath_type<scalar_t>>(p + 4 * r);
     });
   }
   // Rounding margin of the pruning bound: a few ulps of the compute type per
@@ -121,7 +89,7 @@ void keypoints_kernel(const at::Tensor& heatmaps, const at::Tensor& rois, at::Te
     out_t* xyp = xy.mutable_data_ptr<out_t>();
     out_t* sp = scores.mutable_data_ptr<out_t>();
     double total_work = 0;
-    for (const RoiMap& m : maps) {
+    for (const pk::RoiMap& m : maps) {
       if (m.valid) total_work += static_cast<double>(K) * static_cast<double>(m.w) * static_cast<double>(SH + m.h);
     }
     const int64_t tasks = R * K;
@@ -133,7 +101,7 @@ void keypoints_kernel(const at::Tensor& heatmaps, const at::Tensor& rois, at::Te
       std::vector<char> done;
       for (int64_t task = begin; task < end; ++task) {
         const int64_t r = task / K, k = task % K;
-        const RoiMap& m = maps[r];
+        const pk::RoiMap& m = maps[r];
         out_t* out_xy = xyp + 3 * task;
         out_xy[2] = out_t(1);
         if (!m.valid) {
