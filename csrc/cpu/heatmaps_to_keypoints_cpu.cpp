@@ -209,16 +209,39 @@ void keypoints_kernel(const at::Tensor& heatmaps, const at::Tensor& rois, at::Te
           }
           v_row(y);
           const acc_t* o = row.data();
-          for (int64_t x = 0; x < w; ++x) {
-            const acc_t v = o[x];
-            if (best_idx < 0 || v > best || std::isnan(v)) {
-              best = v;
-              best_idx = y * w + x;
-              if (std::isnan(v)) {
+          // The row's maximum (8 independent lanes, so that it vectorises; `a > m ? a : m`
+          // never picks a NaN) and whether it holds a NaN.
+          acc_t lane[8];
+          bool nan_in_row = false;
+          for (int j = 0; j < 8; ++j) lane[j] = -std::numeric_limits<acc_t>::infinity();
+          int64_t x = 0;
+          for (; x + 8 <= w; x += 8) {
+            for (int j = 0; j < 8; ++j) {
+              const acc_t v = o[x + j];
+              lane[j] = v > lane[j] ? v : lane[j];
+              nan_in_row |= v != v;
+            }
+          }
+          for (; x < w; ++x) {
+            lane[0] = o[x] > lane[0] ? o[x] : lane[0];
+            nan_in_row |= o[x] != o[x];
+          }
+          acc_t row_max = lane[0];
+          for (int j = 1; j < 8; ++j) row_max = lane[j] > row_max ? lane[j] : row_max;
+          if (nan_in_row) {  // the first NaN wins (torch.argmax); earlier rows held none
+            for (x = 0; x < w; ++x) {
+              if (std::isnan(o[x])) {
+                best = o[x];
+                best_idx = y * w + x;
                 best_nan = true;
                 break;
               }
             }
+          } else if (best_idx < 0 || row_max > best) {  // ties with an earlier row keep the earlier
+            x = 0;
+            while (!(o[x] == row_max)) ++x;  // all-(-inf) rows: x = 0
+            best = row_max;
+            best_idx = y * w + x;
           }
         }
         const int64_t xi = best_idx % w, yi = best_idx / w;
