@@ -529,3 +529,17 @@ def test_plain_torch_baselines_match_the_ops():
     xy, sc = P.heatmaps_to_keypoints(hm, r)
     torch.testing.assert_close(xy, bxy, atol=0, rtol=1e-6)
     torch.testing.assert_close(sc, bsc, atol=2e-5, rtol=0)
+
+
+def test_paste_masks_torchvision_parity_non_square_and_float64_boxes():
+    """Non-square masks (torchvision scales the box by the mask WIDTH in both directions) and
+    float64 boxes with float32 masks."""
+    roi_heads = _tv_roi_heads()
+    gen = torch.Generator().manual_seed(61)
+    H, W = 70, 90
+    masks = torch.rand(15, 1, 10, 17, generator=gen)
+    boxes = random_boxes(15, H, W, gen, min_size=1, max_size=60)
+    ours = P.paste_masks(masks, boxes, (H, W), 1)
+    tv = roi_heads.paste_masks_in_image(masks, boxes, (H, W), 1)
+    torch.testing.assert_close(ours, tv, atol=1e-5, rtol=0)
+    torch.testing.assert_close(ours.double(), ref_paste_masks(masks, boxes, (H, W), 1), atol=1e-5, rtol=0)
