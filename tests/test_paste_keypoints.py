@@ -543,3 +543,20 @@ def test_paste_masks_torchvision_parity_non_square_and_float64_boxes():
     tv = roi_heads.paste_masks_in_image(masks, boxes, (H, W), 1)
     torch.testing.assert_close(ours, tv, atol=1e-5, rtol=0)
     torch.testing.assert_close(ours.double(), ref_paste_masks(masks, boxes, (H, W), 1), atol=1e-5, rtol=0)
+
+
+def test_results_do_not_depend_on_the_thread_count():
+    gen = torch.Generator().manual_seed(71)
+    m = torch.rand(40, 1, 28, 28, generator=gen)
+    b = random_boxes(40, 300, 400, gen, max_size=300).float()
+    hm = torch.randn(20, 17, 56, 56, generator=gen)
+    r = random_boxes(20, 300, 400, gen, min_size=20, max_size=200).float()
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = (P.paste_masks(m, b, (300, 400)),) + P.heatmaps_to_keypoints(hm, r)
+        torch.set_num_threads(2)
+        two = (P.paste_masks(m, b, (300, 400)),) + P.heatmaps_to_keypoints(hm, r)
+    finally:
+        torch.set_num_threads(before)
+    assert all(torch.equal(a, c) for a, c in zip(one, two))
