@@ -30,6 +30,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <memory>
 #include <type_traits>
 #include <vector>
 
@@ -97,7 +98,11 @@ void keypoints_kernel(const at::Tensor& heatmaps, const at::Tensor& rois, at::Te
     at::parallel_for(0, tasks, grain, [&](int64_t begin, int64_t end) {
       Taps<acc_t> tx, ty;
       int64_t taps_of = -1;
-      std::vector<acc_t> X, T, row, rmax, rmin;
+      std::vector<acc_t> X, row, rmax, rmin;
+      // The horizontally resampled rows (S_h x w), left uninitialised: only the rows a
+      // task needs are written (and, for a huge RoI, only their pages become resident).
+      std::unique_ptr<acc_t[]> T;
+      size_t T_cap = 0;
       std::vector<char> done;
       for (int64_t task = begin; task < end; ++task) {
         const int64_t r = task / K, k = task % K;
@@ -113,7 +118,12 @@ void keypoints_kernel(const at::Tensor& heatmaps, const at::Tensor& rois, at::Te
           tx.build(SW, w);
           ty.build(SH, h);
           taps_of = r;
-          T.resize(static_cast<size_t>(SH * w));
+          const size_t need = static_cast<size_t>(SH * w);
+          if (need > T_cap) {
+            T.reset();
+            T.reset(new acc_t[need]);
+            T_cap = need;
+          }
           row.resize(static_cast<size_t>(w));
         }
         // The heatmap in the compute type, contiguous, with its row extremes.
@@ -145,7 +155,7 @@ void keypoints_kernel(const at::Tensor& heatmaps, const at::Tensor& rois, at::Te
         }
         done.assign(static_cast<size_t>(SH), 0);
         auto t_row = [&](int64_t s) -> const acc_t* {
-          acc_t* t = T.data() + s * w;
+          acc_t* t = T.get() + s * w;
           if (!done[s]) {
             const acc_t* xr = X.data() + s * SW;
             const int64_t* id = tx.idx.data();
