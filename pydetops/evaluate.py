@@ -6,8 +6,9 @@ writes ``OUT/detections.json`` (COCO results: the dataset's category ids, ``bbox
 [x, y, w, h], ``score``, + ``segmentation`` as RLE, + ``keypoints``),
 ``OUT/metrics.json`` (``AP``, ``AP50``, ``AP75``, ``APs``, ``APm``, ``APl``, ``AR100``, ...,
 ``per_class_AP``; the same under ``segm`` / ``keypoints`` when the model predicts
-masks / keypoints; ``fps``) and ``OUT/pr_curve.png`` (precision-recall per class at IoU
-0.5), and prints a short table.
+masks / keypoints; ``localization``: ``accuracy``, ``mean_IoU`` (+ ``PCK@0.2``) of the top
+detection per image when every image has exactly one object; ``fps``) and
+``OUT/pr_curve.png`` (precision-recall per class at IoU 0.5), and prints a short table.
 """
 import argparse
 import contextlib
@@ -21,7 +22,7 @@ import torch
 
 from .checkpoint import CheckpointError, build_model, load_checkpoint
 from .data import CocoDetection, DatasetError, ToTensor, make_loader
-from .evaluation import FPSMeter, coco_evaluate, detections_to_coco, plot_pr_curves
+from .evaluation import FPSMeter, coco_evaluate, detections_to_coco, localization_metrics, plot_pr_curves
 
 __all__ = ["main", "evaluate_model", "check_categories", "resolve_device", "UsageError", "write_json",
            "one_line_warnings"]
@@ -116,6 +117,9 @@ def evaluate_model(model: torch.nn.Module, dataset: CocoDetection, label_to_cate
     for t in iou_types[1:]:
         res[t].pop("pr_curves")
         metrics[t] = res[t]
+    loc = localization_metrics(dataset.dataset, dets)
+    if loc is not None:  # one object per image: classification + localization metrics too
+        metrics["localization"] = loc
     metrics["fps"] = meter.fps
     metrics["images"] = n
     return metrics, dets, curves
@@ -130,6 +134,9 @@ def _table(metrics: Dict[str, Any]) -> str:
         lines.append(f"{name:<9} " + " ".join(f(m.get(k)) for k in ("AP", "AP50", "AP75", "APs", "APm", "APl"))
                      + " " + f(m.get("AR100", m.get("AR"))))
     lines.append("per-class AP: " + ", ".join(f"{k} {f(v)}" for k, v in metrics["per_class_AP"].items()))
+    if "localization" in metrics:
+        lines.append("localization (top detection per image): " + ", ".join(
+            f"{k} {f(v)}" for k, v in metrics["localization"].items() if k != "images"))
     fps = metrics.get("fps")
     lines.append(f"images: {metrics['images']}, fps: {'n/a' if fps is None else f'{fps:.1f}'}")
     return "\n".join(lines)
