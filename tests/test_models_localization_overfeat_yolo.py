@@ -523,3 +523,18 @@ def test_cli_train_evaluate_predict(tiny_data, tmp_path, name, kind, size):
     p = json.loads((pr / "predictions.json").read_text())
     assert all(det["category_id"] in (1, 3, 7) and len(det["bbox"]) == 4 for det in p[0]["detections"])
     assert (pr / "000001.png").is_file()
+
+
+def test_bench_cases_run_and_report_images_per_second():
+    from pydetops.bench import _core, models_yolo
+    cases = models_yolo.model_cases("cpu", 1, (48, 48))
+    assert [c.op for c in cases] == [f"{m} {k}" for m in ("localization", "overfeat", "yolo_v1")
+                                     for k in ("inference", "train step")]
+    assert len(models_yolo.cases("cpu", True)) == 6
+    out = cases[2].ours()  # overfeat inference (the slowest: 4 scales) once, untimed
+    assert len(out) == 1 and out[0]["boxes"].shape[1] == 4
+    rows = _core.run_cases([c for c in cases if c.op != "overfeat inference"], 3, progress=lambda msg: None)
+    for row in rows:
+        assert row["ours_ms"] > 0 and row["baseline_ms"] is None and row["speedup"] is None
+        rate = float(row["details"].split(" images/s")[0])
+        assert rate == pytest.approx(1 / (row["ours_ms"] / 1e3), abs=0.05 + 1e-9)  # printed with one decimal

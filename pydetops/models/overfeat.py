@@ -115,7 +115,7 @@ class OverFeat(nn.Module):
 
     def __init__(self, num_classes: int, backbone: str = "overfeat", image_size: int = 64, hidden: int = 256,
                  box_loss: str = "smooth_l1", class_agnostic: bool = True, norm: str = "group",
-                 scales: Sequence[float] = (0.6, 1.0, 1.6, 2.5), min_size: int = 128,
+                 scales: Sequence[float] = (0.5, 0.8, 1.3, 2.1), min_size: int = 128,
                  positives_per_image: int = 3, negatives_per_image: int = 2, score_thresh: float = 0.05,
                  nms_thresh: float = 0.3, detections_per_img: int = 100, topk_candidates: int = 1000,
                  **kwargs):
@@ -272,7 +272,8 @@ class OverFeat(nn.Module):
 
 def overfeat(num_classes: int, backbone: str = "overfeat", image_size: int = 64, weights=None, **kwargs) -> OverFeat:
     """OverFeat-style detector, CPU-sized: a 64 x 64 window network (the localization model's
-    OverFeat-like trunk, stride 8) slid over the image at 4 scales. ``weights``: None or a local
+    OverFeat-like trunk, stride 8) slid over the image (short side 128) at 4 scales: windows of
+    128, 80, 49 and 30 input pixels, for objects of about 15 to 110 pixels. ``weights``: None or a local
     ``state_dict`` file of this configuration (a trained ``localization`` model's weights load into
     ``model.net``). Other keywords go to :class:`OverFeat`."""
     model = OverFeat(num_classes, backbone=backbone, image_size=image_size, **kwargs)

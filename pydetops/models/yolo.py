@@ -10,9 +10,11 @@ Read top-down, as the paper:
 3. ``head``       two fully connected layers (leaky ReLU 0.1) to the S x S x (5B + C) tensor: per cell
                   B boxes (x, y: the centre relative to the cell, in [0, 1]; sqrt(w), sqrt(h): the
                   square roots of the size relative to the image; a confidence) and C conditional class
-                  probabilities Pr(class | object). The paper's last layer is linear; here x, y, sqrt(w),
-                  sqrt(h) and the confidence go through a sigmoid and the class scores through a
-                  softmax, so every value lies in its range; the loss is still the paper's;
+                  probabilities Pr(class | object). The last layer is linear as the paper's (x, y,
+                  sqrt(w), sqrt(h) offset by 0.5: a zero output is a box a quarter of the image wide
+                  and high at the cell's centre; clamped into range when decoded; ``linear=False`` puts
+                  a sigmoid on them and on the confidence instead), the class scores go through a
+                  softmax; the loss is the paper's;
 4. loss           (:func:`yolo_v1_loss`) the paper's sum-squared error: the cell holding a ground truth
                   box's centre is responsible for it, and of its B predictors the one whose box has the
                   highest IoU with it (``box_overlaps``, the shared op);
@@ -143,13 +145,15 @@ class YOLOv1(nn.Module):
         backbone: "tiny" or "resnet18" (or "overfeat"); norm: their normalisation.
         image_size: the input side; grid_size: S (7); boxes_per_cell: B (2); hidden: the first FC width.
         lambda_coord, lambda_noobj, rescore: the loss (:func:`yolo_v1_loss`).
+        linear: the paper's linear last layer (True) or sigmoids on the box values and confidence.
+        dropout: after the first FC layer (the paper: 0.5; 0 here, for short CPU runs).
         score_thresh, nms_thresh, detections_per_img: decoding.
     """
 
     def __init__(self, num_classes: int, backbone: str = "tiny", image_size: int = 128, grid_size: int = 7,
                  boxes_per_cell: int = 2, hidden: int = 512, lambda_coord: float = 5.0, lambda_noobj: float = 0.5,
                  rescore: bool = True, score_thresh: float = 0.05, nms_thresh: float = 0.5,
-                 detections_per_img: int = 100, norm: str = "group", dropout: float = 0.0,
+                 detections_per_img: int = 100, norm: str = "group", dropout: float = 0.0, linear: bool = True,
                  image_mean: Sequence[float] = IMAGENET_MEAN, image_std: Sequence[float] = IMAGENET_STD):
         super().__init__()
         if not isinstance(num_classes, int) or num_classes < 2:
@@ -178,6 +182,7 @@ class YOLOv1(nn.Module):
         # 3. two fully connected layers to S x S x (5B + C)
         self.head = nn.Sequential(nn.Flatten(1), nn.Linear(c * h * w, hidden), nn.LeakyReLU(0.1, inplace=True),
                                   nn.Dropout(dropout), nn.Linear(hidden, self.S * self.S * (5 * self.B + self.C)))
+        self.linear = bool(linear)
 
     def predict_grid(self, x: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
         """Normalised Tensor[N, 3, size, size] -> (box params Tensor[N, S, S, B, 4], confidence
@@ -185,7 +190,11 @@ class YOLOv1(nn.Module):
         Tensor[N, S, S, 5B + C] laid out as B x (x, y, sqrt w, sqrt h, confidence), then C scores."""
         n = x.shape[0]
         raw = self.head(self.backbone(x)).reshape(n, self.S, self.S, 5 * self.B + self.C)
-        per_box = raw[..., : 5 * self.B].reshape(n, self.S, self.S, self.B, 5).sigmoid()
+        per_box = raw[..., : 5 * self.B].reshape(n, self.S, self.S, self.B, 5)
+        if self.linear:  # the paper: a linear last layer; kept in range where decoded
+            per_box = per_box + 0.5 * per_box.new_tensor([1.0, 1.0, 1.0, 1.0, 0.0])
+            return per_box[..., :4], per_box[..., 4], raw[..., 5 * self.B:].softmax(-1)
+        per_box = per_box.sigmoid()
         return per_box[..., :4], per_box[..., 4], raw[..., 5 * self.B:].softmax(-1)
 
     def forward(self, images: List[Tensor], targets: Optional[List[Dict[str, Tensor]]] = None):
@@ -207,6 +216,8 @@ class YOLOv1(nn.Module):
                ) -> List[Dict[str, Tensor]]:
         n = params.shape[0]
         scale = params.new_tensor([[w, h, w, h] for h, w in sizes])  # [N, 4]
+        if self.linear:
+            params, conf = params.clamp(min=0.0), conf.clamp(0.0, 1.0)
         boxes = yolo_decode(params, (1.0, 1.0)).reshape(n, -1, 4) * scale[:, None, :]  # [N, S*S*B, 4]
         scores = (probs[:, :, :, None, :] * conf[..., None]).reshape(n, -1, self.C)  # class-specific confidence
         scores = torch.cat([torch.zeros_like(scores[..., :1]), scores], -1)  # column 0: background, never kept
