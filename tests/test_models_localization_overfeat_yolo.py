@@ -409,6 +409,11 @@ def test_yolo_model_contract_decoding_and_bad_input():
         m(imgs[:1], [{"boxes": torch.tensor([1.0, 1.0, 9.0, 9.0]), "labels": torch.tensor([1])}])
     with pytest.raises(ValueError, match="grid_size"):
         yolo_v1(4, grid_size=0)
+    sig = yolo_v1(4, image_size=64, linear=False)  # sigmoid / softmax outputs instead of the linear layer
+    p, c, pr = sig.predict_grid(torch.randn(2, 3, 64, 64))
+    assert float(p.min()) > 0 and float(p.max()) < 1 and float(c.min()) > 0 and float(c.max()) < 1
+    torch.testing.assert_close(pr.sum(-1), torch.ones(2, 7, 7))
+    assert set(sig(imgs, targets)) == {"loss_coord", "loss_obj", "loss_noobj", "loss_class"}
     m.eval()
     with torch.no_grad():
         out = m(imgs + [torch.rand(3, 5, 3)])  # the last smaller than the stride (32): resized, defined
@@ -478,7 +483,7 @@ def test_loss_falls_in_a_few_seconds(tiny_data, name, kind, kwargs):
         opt.zero_grad()
         loss.backward()
         opt.step()
-        totals.append(float(loss))
+        totals.append(float(loss.detach()))
     assert all(math.isfinite(t) for t in totals)
     assert sum(totals[-5:]) / 5 < 0.6 * sum(totals[:3]) / 3, totals
 

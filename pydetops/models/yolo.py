@@ -12,9 +12,9 @@ Read top-down, as the paper:
                   square roots of the size relative to the image; a confidence) and C conditional class
                   probabilities Pr(class | object). The last layer is linear as the paper's (x, y,
                   sqrt(w), sqrt(h) offset by 0.5: a zero output is a box a quarter of the image wide
-                  and high at the cell's centre; clamped into range when decoded; ``linear=False`` puts
-                  a sigmoid on them and on the confidence instead), the class scores go through a
-                  softmax; the loss is the paper's;
+                  and high at the cell's centre; class scores offset by 1 / C; all clamped into range
+                  when decoded); ``linear=False`` puts a sigmoid on the box values and the confidence
+                  and a softmax on the class scores instead;
 4. loss           (:func:`yolo_v1_loss`) the paper's sum-squared error: the cell holding a ground truth
                   box's centre is responsible for it, and of its B predictors the one whose box has the
                   highest IoU with it (``box_overlaps``, the shared op);
@@ -145,7 +145,8 @@ class YOLOv1(nn.Module):
         backbone: "tiny" or "resnet18" (or "overfeat"); norm: their normalisation.
         image_size: the input side; grid_size: S (7); boxes_per_cell: B (2); hidden: the first FC width.
         lambda_coord, lambda_noobj, rescore: the loss (:func:`yolo_v1_loss`).
-        linear: the paper's linear last layer (True) or sigmoids on the box values and confidence.
+        linear: the paper's linear last layer (True) or sigmoids on the box values and confidence
+            and a softmax on the class scores.
         dropout: after the first FC layer (the paper: 0.5; 0 here, for short CPU runs).
         score_thresh, nms_thresh, detections_per_img: decoding.
     """
@@ -193,7 +194,7 @@ class YOLOv1(nn.Module):
         per_box = raw[..., : 5 * self.B].reshape(n, self.S, self.S, self.B, 5)
         if self.linear:  # the paper: a linear last layer; kept in range where decoded
             per_box = per_box + 0.5 * per_box.new_tensor([1.0, 1.0, 1.0, 1.0, 0.0])
-            return per_box[..., :4], per_box[..., 4], raw[..., 5 * self.B:].softmax(-1)
+            return per_box[..., :4], per_box[..., 4], raw[..., 5 * self.B:] + 1.0 / self.C
         per_box = per_box.sigmoid()
         return per_box[..., :4], per_box[..., 4], raw[..., 5 * self.B:].softmax(-1)
 
@@ -217,7 +218,7 @@ class YOLOv1(nn.Module):
         n = params.shape[0]
         scale = params.new_tensor([[w, h, w, h] for h, w in sizes])  # [N, 4]
         if self.linear:
-            params, conf = params.clamp(min=0.0), conf.clamp(0.0, 1.0)
+            params, conf, probs = params.clamp(min=0.0), conf.clamp(0.0, 1.0), probs.clamp(0.0, 1.0)
         boxes = yolo_decode(params, (1.0, 1.0)).reshape(n, -1, 4) * scale[:, None, :]  # [N, S*S*B, 4]
         scores = (probs[:, :, :, None, :] * conf[..., None]).reshape(n, -1, self.C)  # class-specific confidence
         scores = torch.cat([torch.zeros_like(scores[..., :1]), scores], -1)  # column 0: background, never kept
