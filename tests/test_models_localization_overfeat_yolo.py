@@ -410,7 +410,8 @@ def test_yolo_model_contract_decoding_and_bad_input():
     with pytest.raises(ValueError, match="grid_size"):
         yolo_v1(4, grid_size=0)
     sig = yolo_v1(4, image_size=64, linear=False)  # sigmoid / softmax outputs instead of the linear layer
-    p, c, pr = sig.predict_grid(torch.randn(2, 3, 64, 64))
+    with torch.no_grad():
+        p, c, pr = sig.predict_grid(torch.randn(2, 3, 64, 64))
     assert float(p.min()) > 0 and float(p.max()) < 1 and float(c.min()) > 0 and float(c.max()) < 1
     torch.testing.assert_close(pr.sum(-1), torch.ones(2, 7, 7))
     assert set(sig(imgs, targets)) == {"loss_coord", "loss_obj", "loss_noobj", "loss_class"}
