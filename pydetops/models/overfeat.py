@@ -142,12 +142,6 @@ class OverFeat(nn.Module):
     def window(self) -> int:
         return self.net.image_size
 
-    def _normalize(self, image: Tensor) -> Tensor:
-        t = self.net.transform
-        mean = torch.as_tensor(t.image_mean, dtype=image.dtype, device=image.device)[:, None, None]
-        std = torch.as_tensor(t.image_std, dtype=image.dtype, device=image.device)[:, None, None]
-        return (image - mean) / std
-
     def forward(self, images: List[Tensor], targets: Optional[List[Dict[str, Tensor]]] = None):
         check_images(images)
         if self.training:
@@ -238,7 +232,7 @@ class OverFeat(nn.Module):
         Tensor[A, num_classes], codes Tensor[A, 4 or 4 * num_classes]), windows in the image's pixels."""
         H, W = int(image.shape[1]), int(image.shape[2])
         base = self.min_size / float(min(H, W))
-        x0 = self._normalize(image)[None]
+        x0 = self._normalize_batch(image[None])
         wins, probs, codes = [], [], []
         for s in self.scales:
             sh = max(int(round(H * base * s)), self.window)

@@ -209,7 +209,8 @@ class YOLOv1(nn.Module):
             # 4. the loss, boxes relative to each image
             rel = [{"boxes": t["boxes"] / t["boxes"].new_tensor([w, h, w, h]), "labels": t["labels"]}
                    for t, (h, w) in zip(targets, sizes)]
-            return yolo_v1_loss(params, conf, probs, rel, self.lambda_coord, self.lambda_noobj, self.rescore)
+            return yolo_v1_loss(params.float(), conf.float(), probs.float(), rel,  # float32 sums under autocast
+                                self.lambda_coord, self.lambda_noobj, self.rescore)
         # 5. decoding
         return self.decode(params, conf, probs, sizes)
 
