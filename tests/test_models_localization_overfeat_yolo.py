@@ -7,7 +7,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from pydetops import evaluate, predict, train
 from pydetops.checkpoint import load_checkpoint
@@ -149,7 +148,8 @@ def test_localization_loss_is_the_weighted_sum_of_plain_references():
     pred = torch.randn(3, 4, 4, generator=g) * 0.3  # per class
     tgt = torch.randn(3, 4, generator=g) * 0.3
     kp_pred = torch.rand(3, 2, 2, generator=g)
-    kp_tgt = torch.cat([torch.rand(3, 2, 2, generator=g), torch.tensor([[[1.0], [0.0]], [[1.0], [1.0]], [[2.0], [1.0]]])], -1)
+    vis = torch.tensor([[[1.0], [0.0]], [[1.0], [1.0]], [[2.0], [1.0]]])
+    kp_tgt = torch.cat([torch.rand(3, 2, 2, generator=g), vis], -1)
     for kind in ("smooth_l1", "l2"):
         out = localization_loss(logits, pred, labels, tgt, kind, 2.5, kp_pred, kp_tgt, 0.75)
         ce = sum(-math.log(math.exp(logits[i, labels[i]]) / sum(math.exp(v) for v in logits[i])) for i in range(3)) / 3
@@ -260,7 +260,8 @@ def test_overfeat_convolutional_network_equals_the_fc_network_on_every_window(cl
         for i in range(4):
             for j in range(3):
                 ref = net.heads(x[..., i * 8:i * 8 + 40, j * 8:j * 8 + 40])
-                torch.testing.assert_close(out["class_logits"][0, :, i, j], ref["class_logits"][0], rtol=1e-9, atol=1e-9)
+                torch.testing.assert_close(out["class_logits"][0, :, i, j], ref["class_logits"][0],
+                                           rtol=1e-9, atol=1e-9)
                 torch.testing.assert_close(out["boxes"][0, :, i, j], ref["boxes"][0].reshape(-1), rtol=1e-9, atol=1e-9)
                 torch.testing.assert_close(out["keypoints"][0, :, i, j], ref["keypoints"][0].reshape(-1),
                                            rtol=1e-9, atol=1e-9)

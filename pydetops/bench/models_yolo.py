@@ -16,7 +16,8 @@ def _batch(n: int, hw: Tuple[int, int], device: str):
     h, w = hw
     images = [torch.rand(3, h, w, generator=g).to(device) for _ in range(n)]
     box = torch.tensor([[0.2 * w, 0.25 * h, 0.6 * w, 0.7 * h], [0.55 * w, 0.1 * h, 0.9 * w, 0.4 * h]])
-    kps = torch.stack([box[:, [0, 1]], box[:, [2, 1]], box[:, [0, 3]], box[:, [2, 3]], (box[:, :2] + box[:, 2:]) / 2], 1)
+    centre = (box[:, :2] + box[:, 2:]) / 2
+    kps = torch.stack([box[:, [0, 1]], box[:, [2, 1]], box[:, [0, 3]], box[:, [2, 3]], centre], 1)
     kps = torch.cat([kps, torch.full((2, 5, 1), 2.0)], -1)
     targets = [{"boxes": box.to(device), "labels": torch.tensor([1, 3], device=device), "keypoints": kps.to(device)}
                for _ in range(n)]

@@ -272,7 +272,8 @@ class LocalizationNet(nn.Module):
                                      f"(num_keypoints={self.num_keypoints})")
                 k = t["keypoints"]
                 if k.dim() != 3 or k.shape[0] != b.shape[0] or k.shape[1:] != (self.num_keypoints, 3):
-                    raise ValueError(f"targets[{i}]['keypoints']: expected Tensor[{b.shape[0]}, {self.num_keypoints}, 3], "
+                    raise ValueError(f"targets[{i}]['keypoints']: expected "
+                                     f"Tensor[{b.shape[0]}, {self.num_keypoints}, 3], "
                                      f"got {list(k.shape)}")
                 k = k[j].float()
                 kps.append(torch.cat([k[:, :2] / k.new_tensor([w, h]), k[:, 2:]], 1))
