@@ -410,12 +410,19 @@ def test_yolo_model_contract_decoding_and_bad_input():
         m(imgs[:1], [{"boxes": torch.tensor([1.0, 1.0, 9.0, 9.0]), "labels": torch.tensor([1])}])
     with pytest.raises(ValueError, match="grid_size"):
         yolo_v1(4, grid_size=0)
-    sig = yolo_v1(4, image_size=64, linear=False)  # sigmoid / softmax outputs instead of the linear layer
-    with torch.no_grad():
-        p, c, pr = sig.predict_grid(torch.randn(2, 3, 64, 64))
+    with torch.no_grad():  # the default: sigmoid / softmax outputs
+        p, c, pr = m.predict_grid(torch.randn(2, 3, 64, 64))
     assert float(p.min()) > 0 and float(p.max()) < 1 and float(c.min()) > 0 and float(c.max()) < 1
     torch.testing.assert_close(pr.sum(-1), torch.ones(2, 7, 7))
-    assert set(sig(imgs, targets)) == {"loss_coord", "loss_obj", "loss_noobj", "loss_class"}
+    lin = _randomize(yolo_v1(4, image_size=64, linear=True))  # the paper's linear last layer
+    with torch.no_grad():
+        p, c, pr = lin.predict_grid(torch.randn(2, 3, 64, 64))
+    assert float(p.min()) < 0 or float(p.max()) > 1 or float(c.min()) < 0  # unbounded
+    assert set(lin.train()(imgs, targets)) == {"loss_coord", "loss_obj", "loss_noobj", "loss_class"}
+    lin.eval()
+    with torch.no_grad():
+        o = lin(imgs)[0]
+    assert bool((o["scores"] >= 0).all() and (o["scores"] <= 1).all())  # clamped when decoded
     m.eval()
     with torch.no_grad():
         out = m(imgs + [torch.rand(3, 5, 3)])  # the last smaller than the stride (32): resized, defined
