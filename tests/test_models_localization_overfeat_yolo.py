@@ -32,6 +32,11 @@ def _randomize(model, std=0.05):
     with torch.no_grad():
         for p in model.parameters():
             p.copy_(torch.randn(p.shape, generator=g) * std + (0.01 if p.dim() == 1 else 0.0))
+        for name, b in model.named_buffers():  # BatchNorm statistics too
+            if name.endswith("running_mean"):
+                b.copy_(torch.randn(b.shape, generator=g) * 0.1)
+            elif name.endswith("running_var"):
+                b.copy_(torch.rand(b.shape, generator=g) + 0.5)
     return model
 
 

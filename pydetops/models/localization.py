@@ -4,9 +4,9 @@ One object per image: a CNN, then fully connected layers, then two heads on the 
 
 1. ``transform``   normalise, resize to ``image_size`` x ``image_size`` (fully connected layers fix the
                    input size); boxes become relative to the image ([0, 1] coordinates);
-2. ``backbone``    a CNN to one feature map Tensor[N, C, h, w] (default ``"overfeat"``: unpadded convs and
-                   max pools, no normalisation across positions, so the same network slides exactly over
-                   a larger image, :mod:`pydetops.models.overfeat`; or ``"tiny"`` / ``"resnet18"`` from
+2. ``backbone``    a CNN to one feature map Tensor[N, C, h, w] (default ``"overfeat"``: unpadded convs,
+                   BatchNorm and max pools, so the same network slides exactly over a larger image in
+                   eval mode, :mod:`pydetops.models.overfeat`; or ``"tiny"`` / ``"resnet18"`` from
                    :mod:`pydetops.models.backbones`);
 3. ``fc6``, ``fc7`` flatten, two fully connected layers (ReLU);
 4. heads           ``cls_score``: ``num_classes`` scores (softmax; 0 is background, which only sliding
@@ -54,31 +54,33 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class OverFeatTrunk(nn.Sequential):
-    """A small OverFeat-like CNN: unpadded convolutions and 2x2 max pools, ReLU, no normalisation:
+    """A small OverFeat-like CNN: unpadded convolutions, BatchNorm, ReLU and 2x2 max pools:
 
         conv 5x5 (3 -> w0), pool, conv 3x3 (w0 -> w1), pool, conv 3x3 (w1 -> w2), conv 3x3 (w2 -> w2), pool
 
-    Total stride 8 (``stride``); a 64 x 64 input gives a 5 x 5 map of ``out_channels`` = w2. Every
-    output value depends only on its receptive field (no padding, no statistics over positions), so
-    the network applied to a larger image equals it applied to each window at multiples of the
-    stride (the seeds' 14 x 14 -> 1 x 1, 16 x 16 -> 2 x 2).
+    Total stride 8 (``stride``); a 64 x 64 input gives a 5 x 5 map of ``out_channels`` = w2. In eval
+    mode every output value depends only on its receptive field (no padding; BatchNorm is then a
+    fixed per-channel affine map), so the network applied to a larger image equals it applied to each
+    window at multiples of the stride (the seeds' 14 x 14 -> 1 x 1, 16 x 16 -> 2 x 2). BatchNorm
+    (batch statistics while training: N x H x W samples per channel) keeps SGD at lr 0.01 stable.
     """
 
     def __init__(self, widths: Sequence[int] = (32, 64, 128)):
         w0, w1, w2 = widths
-        super().__init__(OrderedDict([
-            ("conv1", nn.Conv2d(3, w0, 5)), ("relu1", nn.ReLU(inplace=True)), ("pool1", nn.MaxPool2d(2)),
-            ("conv2", nn.Conv2d(w0, w1, 3)), ("relu2", nn.ReLU(inplace=True)), ("pool2", nn.MaxPool2d(2)),
-            ("conv3", nn.Conv2d(w1, w2, 3)), ("relu3", nn.ReLU(inplace=True)),
-            ("conv4", nn.Conv2d(w2, w2, 3)), ("relu4", nn.ReLU(inplace=True)), ("pool3", nn.MaxPool2d(2)),
-        ]))
+        layers = []
+        for i, (cin, cout, k, pool) in enumerate(((3, w0, 5, True), (w0, w1, 3, True), (w1, w2, 3, False),
+                                                  (w2, w2, 3, True)), 1):
+            layers += [(f"conv{i}", nn.Conv2d(cin, cout, k, bias=False)), (f"bn{i}", nn.BatchNorm2d(cout)),
+                       (f"relu{i}", nn.ReLU(inplace=True))]
+            if pool:
+                layers.append((f"pool{i}", nn.MaxPool2d(2)))
+        super().__init__(OrderedDict(layers))
         self.out_channels = w2
         self.stride = 8
         self.exact_sliding = True
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                nn.init.zeros_(m.bias)
 
 
 class _LastMap(nn.Module):

@@ -12,7 +12,7 @@ Read top-down, as the paper (and the seeds' slides):
                  ``Linear(C * h * w -> F)`` becomes ``Conv2d(C, F, kernel h x w)`` and the following
                  Linears 1 x 1 convolutions. On a larger image the network then gives a score map and
                  a box per window position in one pass (the seeds' 14 x 14 -> 1 x 1, 16 x 16 -> 2 x 2);
-                 with the default trunk (unpadded convs, max pools) output (i, j) EQUALS the FC
+                 with the default trunk (unpadded convs, BatchNorm, max pools) output (i, j) EQUALS the FC
                  network on the window at (i * stride, j * stride) (tests check every window);
 3. scales        the image (short side ``min_size``) is resized by each of ``scales``, so the fixed
                  window covers objects of several sizes (an image smaller than the window at some
