@@ -8,7 +8,7 @@ One object per image: a CNN, then fully connected layers, then two heads on the 
                    BatchNorm and max pools, so the same network slides exactly over a larger image in
                    eval mode, :mod:`pydetops.models.overfeat`; or ``"tiny"`` / ``"resnet18"`` from
                    :mod:`pydetops.models.backbones`);
-3. ``fc6``, ``fc7`` flatten, two fully connected layers (ReLU);
+3. ``fc6``, ``fc7`` flatten (scaled by 1 / sqrt(h w), for stable SGD), two fully connected layers (ReLU);
 4. heads           ``cls_score``: ``num_classes`` scores (softmax; 0 is background, which only sliding
                    window training uses); ``bbox_pred``: 4 numbers, class-agnostic or 4 per class:
                    the box coded relative to the input window as R-CNN's regression targets
@@ -29,6 +29,7 @@ A target with several objects trains on its largest one; a target without object
 Metrics for this task (classification accuracy, mean IoU, PCK) are in
 :mod:`pydetops.evaluation.localization`.
 """
+import math
 from collections import OrderedDict
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -207,6 +208,9 @@ class LocalizationNet(nn.Module):
                 raise ValueError(f"image_size: {image_size} is too small for backbone {backbone!r}") from None
             self.backbone.train(was)
         self.feature_shape = (int(c), int(h), int(w))
+        # the flattened map enters fc6 scaled by 1 / sqrt(h w): without it, SGD at the command line's
+        # lr 0.01 with batches of 2 images stalls (fc6's input norm makes each step too large)
+        self.feature_scale = 1.0 / math.sqrt(float(h * w))
         # 3. fully connected layers
         self.fc6 = nn.Linear(c * h * w, hidden)
         self.fc7 = nn.Linear(hidden, hidden)
@@ -231,7 +235,7 @@ class LocalizationNet(nn.Module):
 
     def head_outputs(self, feats: Tensor) -> Dict[str, Tensor]:
         """The fully connected part on the backbone's Tensor[N, C, h, w] (``feature_shape``)."""
-        f = feats.flatten(1)
+        f = feats.flatten(1) * self.feature_scale
         f = F.relu(self.fc7(F.relu(self.fc6(f))))
         n = f.shape[0]
         out = {"class_logits": self.cls_score(f), "boxes": self.bbox_pred(f)}

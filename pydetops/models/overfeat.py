@@ -80,11 +80,12 @@ class FullyConvolutionalNet(nn.Module):
         self.bbox_pred = _linear_to_conv(net.bbox_pred, hidden, (1, 1))
         self.keypoint_pred = (_linear_to_conv(net.keypoint_pred, hidden, (1, 1))
                               if net.keypoint_pred is not None else None)
+        self.feature_scale = net.feature_scale
         self.window = net.image_size
         self.stride = int(getattr(net.backbone, "stride", 1))
 
     def forward(self, x: Tensor) -> Dict[str, Tensor]:
-        f = F.relu(self.fc7(F.relu(self.fc6(self.backbone(x)))))
+        f = F.relu(self.fc7(F.relu(self.fc6(self.backbone(x) * self.feature_scale))))
         out = {"class_logits": self.cls_score(f), "boxes": self.bbox_pred(f)}
         if self.keypoint_pred is not None:
             out["keypoints"] = self.keypoint_pred(f)
