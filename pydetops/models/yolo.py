@@ -35,6 +35,7 @@ no-object term only. Eval mode -> one dict ``boxes`` Tensor[D, 4] (x1, y1, x2, y
 ``labels`` Tensor[D] int64 (1..num_classes-1), ``scores`` Tensor[D] per image. Labels out of range,
 malformed targets or images: ValueError naming them.
 """
+import math
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -185,13 +186,14 @@ class YOLOv1(nn.Module):
         self.head = nn.Sequential(nn.Flatten(1), nn.Linear(c * h * w, hidden), nn.LeakyReLU(0.1, inplace=True),
                                   nn.Dropout(dropout), nn.Linear(hidden, self.S * self.S * (5 * self.B + self.C)))
         self.linear = bool(linear)
+        self.feature_scale = 1.0 / math.sqrt(float(h * w))  # as the localization model's fc6 input
 
     def predict_grid(self, x: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
         """Normalised Tensor[N, 3, size, size] -> (box params Tensor[N, S, S, B, 4], confidence
         Tensor[N, S, S, B], class probabilities Tensor[N, S, S, C]); the raw output is
         Tensor[N, S, S, 5B + C] laid out as B x (x, y, sqrt w, sqrt h, confidence), then C scores."""
         n = x.shape[0]
-        raw = self.head(self.backbone(x)).reshape(n, self.S, self.S, 5 * self.B + self.C)
+        raw = self.head(self.backbone(x) * self.feature_scale).reshape(n, self.S, self.S, 5 * self.B + self.C)
         per_box = raw[..., : 5 * self.B].reshape(n, self.S, self.S, self.B, 5)
         if self.linear:  # the paper: a linear last layer; kept in range where decoded
             per_box = per_box + 0.5 * per_box.new_tensor([1.0, 1.0, 1.0, 1.0, 0.0])
