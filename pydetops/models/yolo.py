@@ -7,7 +7,8 @@ Read top-down, as the paper:
                   stride, is resized: it gets a defined result);
 2. ``backbone``   a CNN to one feature map (``"tiny"`` / ``"resnet18"`` from
                   :mod:`pydetops.models.backbones`, stride 32);
-3. ``head``       two fully connected layers (leaky ReLU 0.1) to the S x S x (5B + C) tensor: per cell
+3. ``head``       two fully connected layers (leaky ReLU 0.1; the flattened map scaled by 1 / sqrt(h w)
+                  for stable SGD) to the S x S x (5B + C) tensor: per cell
                   B boxes (x, y: the centre relative to the cell, in [0, 1]; sqrt(w), sqrt(h): the
                   square roots of the size relative to the image; a confidence) and C conditional class
                   probabilities Pr(class | object). By default x, y, sqrt(w), sqrt(h) and the
