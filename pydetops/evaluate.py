@@ -6,10 +6,11 @@ writes ``OUT/detections.json`` (COCO results: the dataset's category ids, ``bbox
 [x, y, w, h], ``score``, + ``segmentation`` as RLE, + ``keypoints``),
 ``OUT/metrics.json`` (``AP``, ``AP50``, ``AP75``, ``APs``, ``APm``, ``APl``, ``AR100``, ...,
 ``per_class_AP``; the same under ``segm`` / ``keypoints`` when the model predicts
-masks / keypoints; ``fps``) and ``OUT/pr_curve.png`` (precision-recall per class at IoU
-0.5), and prints a short table. A semantic segmentation model (outputs ``sem_seg``
-Tensor[C, H, W] per image) also gets ``sem_seg``: ``pixel_accuracy``, ``mIoU`` and
-``per_class_IoU`` against the semantic map of the dataset's instance masks; if its outputs
+masks / keypoints; ``localization``: ``accuracy``, ``mean_IoU`` (+ ``PCK@0.2``) of the top
+detection per image when every image has exactly one object; ``fps``) and ``OUT/pr_curve.png``
+(precision-recall per class at IoU 0.5), and prints a short table. A semantic segmentation model
+(outputs ``sem_seg`` Tensor[C, H, W] per image) also gets ``sem_seg``: ``pixel_accuracy``, ``mIoU``
+and ``per_class_IoU`` against the semantic map of the dataset's instance masks; if its outputs
 have no boxes, no box metrics (nor ``pr_curve.png``).
 """
 import argparse
@@ -24,7 +25,7 @@ import torch
 
 from .checkpoint import CheckpointError, build_model, load_checkpoint
 from .data import CocoDetection, DatasetError, ToTensor, make_loader
-from .evaluation import FPSMeter, coco_evaluate, detections_to_coco, plot_pr_curves
+from .evaluation import FPSMeter, coco_evaluate, detections_to_coco, localization_metrics, plot_pr_curves
 from .evaluation.segmentation import confusion_matrix, segmentation_metrics, semantic_target_from_annotations
 
 __all__ = ["main", "evaluate_model", "check_categories", "resolve_device", "UsageError", "write_json",
@@ -135,6 +136,9 @@ def evaluate_model(model: torch.nn.Module, dataset: CocoDetection, label_to_cate
     if seg_cm is not None:
         names = ["background"] + [str(c.get("name", c["id"])) for c in dataset.categories]
         metrics["sem_seg"] = segmentation_metrics(seg_cm, names)
+    loc = localization_metrics(dataset.dataset, dets)
+    if loc is not None:  # one object per image: classification + localization metrics too
+        metrics["localization"] = loc
     metrics["fps"] = meter.fps
     metrics["images"] = n
     return metrics, dets, curves
@@ -181,6 +185,9 @@ def _table(metrics: Dict[str, Any]) -> str:
         lines.append(f"{name:<9} " + " ".join(f(m.get(k)) for k in ("AP", "AP50", "AP75", "APs", "APm", "APl"))
                      + " " + f(m.get("AR100", m.get("AR"))))
     lines.append("per-class AP: " + ", ".join(f"{k} {f(v)}" for k, v in metrics["per_class_AP"].items()))
+    if "localization" in metrics:
+        lines.append("localization (top detection per image): " + ", ".join(
+            f"{k} {f(v)}" for k, v in metrics["localization"].items() if k != "images"))
     return "\n".join(lines + seg + [tail])
 
 

@@ -240,6 +240,10 @@ def _train(a: argparse.Namespace, dist: "_Dist") -> int:
     last_path = os.path.join(a.out, "last.pt")
     best_path = os.path.join(a.out, "best.pt")
     kwargs = model_kwargs(ctor, a.backbone, a.image_size)
+    if ("keypoints" in getattr(ctor, "optional_target_fields", ()) and train_raw.keypoint_names
+            and "num_keypoints" not in kwargs):  # e.g. localization: also regress the dataset's points
+        train_raw.want_keypoints = True
+        kwargs["num_keypoints"] = len(train_raw.keypoint_names)
     ckpt = None
     if a.resume and os.path.exists(last_path):
         ckpt = load_checkpoint(last_path, expected_model=a.model)

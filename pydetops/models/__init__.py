@@ -8,23 +8,29 @@ from .faster_rcnn import FasterRCNN, faster_rcnn, fasterrcnn_mobilenet_v3_large_
 from .fast_rcnn import FastRCNN, fast_rcnn
 from .fcn import FCN, fcn
 from .hog_svm import HOGSVM, hog_svm
+from .localization import LocalizationNet, localization
+from .overfeat import OverFeat, overfeat
 from .rcnn import RCNN, rcnn
 from .sppnet import SPPNet, sppnet
 from .ssd import SSD, ssd, ssd300_vgg16
+from .yolo import YOLOv1, yolo_v1
 
 MODELS = {
+    "localization": localization,
+    "overfeat": overfeat,
     "hog_svm": hog_svm,
     "rcnn": rcnn,
     "sppnet": sppnet,
     "fast_rcnn": fast_rcnn,
     "faster_rcnn": faster_rcnn,
+    "yolo_v1": yolo_v1,
     "ssd": ssd,
     "fcn": fcn,
 }
 
 __all__ = ["MODELS",
-           "HOGSVM", "hog_svm",
+           "LocalizationNet", "localization", "OverFeat", "overfeat", "HOGSVM", "hog_svm",
            "RCNN", "rcnn", "SPPNet", "sppnet", "FastRCNN", "fast_rcnn",
            "FasterRCNN", "faster_rcnn", "fasterrcnn_resnet50_fpn", "fasterrcnn_mobilenet_v3_large_fpn",
-           "SSD", "ssd", "ssd300_vgg16",
+           "YOLOv1", "yolo_v1", "SSD", "ssd", "ssd300_vgg16",
            "FCN", "fcn"]

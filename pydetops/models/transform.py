@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from ..ops import ImageList
 
-__all__ = ["DetectionTransform", "resize_boxes"]
+__all__ = ["DetectionTransform", "resize_boxes", "FixedSizeTransform", "check_images"]
 
 
 def resize_boxes(boxes: Tensor, original_size: Sequence[int], new_size: Sequence[int]) -> Tensor:
@@ -126,3 +126,53 @@ class DetectionTransform(nn.Module):
     def extra_repr(self) -> str:
         return (f"min_size={self.min_size}, max_size={self.max_size}, mean={self.image_mean}, "
                 f"std={self.image_std}" + (f", fixed_size={self.fixed_size}" if self.fixed_size else ""))
+
+
+class FixedSizeTransform(nn.Module):
+    """Normalise by mean / std and resize every image to one fixed ``size`` x ``size`` (aspect ratio
+    not kept), for the networks whose fully connected layers fix the input size (localization as
+    regression, YOLO v1). Boxes are then best expressed relative to the image ([0, 1] coordinates),
+    which the resize leaves unchanged.
+
+    ``forward(images: List[Tensor[3, H, W]])`` -> (``Tensor[N, 3, size, size]``, original sizes
+    ``[(H, W), ...]``). Any H, W >= 1 is accepted (smaller images are upsampled).
+    """
+
+    def __init__(self, size: int, image_mean: Sequence[float], image_std: Sequence[float]):
+        super().__init__()
+        if not isinstance(size, int) or size < 1:
+            raise ValueError(f"image_size: must be a positive int, got {size!r}")
+        self.size = size
+        self.image_mean = list(image_mean)
+        self.image_std = list(image_std)
+
+    def forward(self, images: List[Tensor]) -> Tuple[Tensor, List[Tuple[int, int]]]:
+        check_images(images)
+        sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
+        out = []
+        for im in images:
+            mean = torch.as_tensor(self.image_mean, dtype=im.dtype, device=im.device)[:, None, None]
+            std = torch.as_tensor(self.image_std, dtype=im.dtype, device=im.device)[:, None, None]
+            im = (im - mean) / std
+            if tuple(im.shape[-2:]) != (self.size, self.size):
+                im = F.interpolate(im[None], size=(self.size, self.size), mode="bilinear", align_corners=False)[0]
+            out.append(im)
+        return torch.stack(out), sizes
+
+    def extra_repr(self) -> str:
+        return f"size={self.size}, mean={self.image_mean}, std={self.image_std}"
+
+
+def check_images(images) -> None:
+    """ValueError / TypeError naming the bad entry unless ``images`` is a non-empty list of
+    floating point Tensor[3, H, W] with H, W >= 1."""
+    if not isinstance(images, (list, tuple)) or len(images) == 0:
+        raise ValueError("images: expected a non-empty list of Tensor[3, H, W]")
+    for i, im in enumerate(images):
+        if not isinstance(im, Tensor) or im.dim() != 3 or im.shape[0] != 3:
+            raise ValueError(f"images[{i}]: expected Tensor[3, H, W], got "
+                             f"{list(im.shape) if isinstance(im, Tensor) else type(im).__name__}")
+        if not im.is_floating_point():
+            raise TypeError(f"images[{i}]: expected a floating point tensor (values in [0, 1]), got {im.dtype}")
+        if im.shape[1] < 1 or im.shape[2] < 1:
+            raise ValueError(f"images[{i}]: empty image of size {list(im.shape[1:])}")
