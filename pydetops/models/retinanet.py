@@ -447,14 +447,14 @@ def retinanet_resnet50_fpn(*, weights=None, progress: bool = True, num_classes: 
     return model
 
 
-def retinanet(num_classes: int, backbone: str = "resnet18", image_size: int = 256, norm: str = "group",
+def retinanet(num_classes: int, backbone: str = "tiny", image_size: int = 128, norm: str = "group",
               head_norm: Optional[str] = "group", fpn_channels: int = 64, box_loss: str = "giou",
-              weights=None, **kwargs) -> RetinaNet:
+              anchor_sizes: Tuple[int, ...] = (16, 32, 64, 128, 256), weights=None, **kwargs) -> RetinaNet:
     """A small RetinaNet for training from scratch on a CPU.
 
     Args:
         num_classes: classes including background (labels 1..num_classes-1).
-        backbone: "resnet18" (default), "tiny" (a 10-layer CNN) or "resnet50"; P3..P5 from its strides
+        backbone: "tiny" (a 10-layer CNN; default), "resnet18" or "resnet50"; P3..P5 from its strides
             8, 16, 32 and P6, P7 from C5 (the paper).
         image_size: images resized to this short side (long side <= 1333 / 800 of it).
         norm: the backbone's normalisation, "group" (default), "batch" or "frozen".
@@ -465,9 +465,9 @@ def retinanet(num_classes: int, backbone: str = "resnet18", image_size: int = 25
         weights: None or a local ``state_dict`` file of this same configuration.
         **kwargs: any :class:`RetinaNet` keyword (``score_thresh``, ``detections_per_img``, ...).
 
-    Anchors: 3 scales x 3 ratios per level with base sizes 32..512 scaled by ``image_size / 800``
-    (at least 16 on P3), so that objects of the same fraction of the image meet anchors of the
-    same fraction as in the full-size model.
+        anchor_sizes: the base anchor size of P3..P7 (x 2^0, 2^(1/3), 2^(2/3), x 3 ratios): twice the
+            stride by default (the paper: four times, 32..512, for 800-pixel images), so that objects
+            of 16-60 pixels in small images meet anchors on the dense P3 / P4 grids.
     """
     if not isinstance(num_classes, int) or num_classes < 2:
         raise ValueError(f"num_classes: must be an int >= 2 (background + at least one class), got {num_classes!r}")
@@ -486,9 +486,7 @@ def retinanet(num_classes: int, backbone: str = "resnet18", image_size: int = 25
                                LastLevelP6P7(trunk.channels[-1], fpn_channels))
     else:
         raise ValueError(f"backbone: must be 'resnet18', 'resnet50' or 'tiny', got {backbone!r}")
-    scale = image_size / 800.0
-    base = tuple(max(16, int(round(s * scale))) for s in (32, 64, 128, 256, 512))
-    anchors = retinanet_anchor_generator(base)
+    anchors = retinanet_anchor_generator(anchor_sizes)
     head = RetinaNetHead(fpn_channels, anchors.num_anchors_per_location()[0], num_classes, head_norm_layer)
     defaults = dict(min_size=image_size, max_size=image_size * 1333 // 800, box_loss=box_loss,
                     detections_per_img=100)
