@@ -467,3 +467,29 @@ def test_torchvision_defaults_and_old_checkpoint_keys(tmp_path):
     torch.save(state, tmp_path / "old.pt")
     loaded = retinanet_resnet50_fpn(weights=str(tmp_path / "old.pt"))
     assert torch.equal(loaded.head.regression_head.conv[3][0].weight, theirs.head.regression_head.conv[3][0].weight)
+
+
+# ---------------------------------------------------------------- benchmark cases
+
+def test_bench_cases_run_on_a_tiny_image():
+    from pydetops.bench import _core, models_retinanet
+    tv = _core.torchvision_status(refresh=True)
+    try:
+        cases = models_retinanet.retinanet_cases("cpu", (64, 80), 64, 80, 2, 64, class_bias=-3.0)
+        assert [c.op for c in cases] == ["retinanet_r50_fpn inference", "retinanet_r50_fpn inference optimized",
+                                         "retinanet postprocess", "retinanet_tiny train step"]
+        rows = _core.run_cases([cases[0], cases[2], cases[3]], 1, progress=lambda msg: None)
+    finally:
+        _core._TV_STATUS = None
+    inference, post, train = rows
+    assert inference["details"].startswith("ours per stage (medians): ")
+    for stage in models_retinanet.STAGES:
+        assert f"{stage} " in inference["details"]
+    assert "above the score threshold" in post["details"]
+    if tv.usable:
+        assert inference["speedup"] is not None and post["speedup"] is not None
+        hit, total = map(int, post["details"].split("; ")[1].split(" of ")[0].split("/"))
+        assert hit == total > 0  # the same detections as torchvision's post-processing
+    else:
+        assert inference["baseline_ms"] is None and not inference["comparable"]
+    assert train["baseline_ms"] is None and "images/s" in train["details"]

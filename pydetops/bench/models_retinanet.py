@@ -71,10 +71,10 @@ def _format(st: Dict[str, float]) -> str:
     return ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in st.items())
 
 
-def randomize_for_detections(model) -> None:
-    """Random BatchNorm statistics, and class biases N(-6.6, 0.5) (the 0.01 prior's logit is -4.6): the
-    random-init head then puts ~0.2 % of the (anchor, class) pairs above 0.05 (~30000 at 800x1088; 10 %
-    with the prior), the order of a trained detector's."""
+def randomize_for_detections(model, class_bias: float = -6.6) -> None:
+    """Random BatchNorm statistics, and class biases N(class_bias, 0.5) (the 0.01 prior's logit is -4.6):
+    with -6.6 the random-init head puts ~0.2 % of the (anchor, class) pairs above 0.05 at 320x448 and
+    up (10 % with the prior), the order of a trained detector's; tiny images need a higher bias."""
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for name, buf in model.named_buffers():
@@ -83,10 +83,10 @@ def randomize_for_detections(model) -> None:
             elif name.endswith("running_var"):
                 buf.copy_(torch.rand(buf.shape, generator=g) + 0.5)
         bias = model.head.classification_head.cls_logits.bias
-        bias.copy_(torch.randn(bias.shape, generator=g) * 0.5 - 6.6)
+        bias.copy_(torch.randn(bias.shape, generator=g) * 0.5 + class_bias)
 
 
-def model_pair(**kwargs):
+def model_pair(class_bias: float = -6.6, **kwargs):
     """(ours, torchvision's) RetinaNet-R50-FPN with the same (random, randomised) weights, both with
     FrozenBatchNorm2d as torchvision's pretrained detectors; ``kwargs`` (min_size, ...) go to both."""
     from torchvision.models.detection import RetinaNet as TvRetinaNet
@@ -99,7 +99,7 @@ def model_pair(**kwargs):
     body = _resnet_fpn_extractor(resnet50(weights=None, norm_layer=FrozenBatchNorm2d), 3, returned_layers=[2, 3, 4],
                                  extra_blocks=TvP6P7(256, 256))
     theirs = TvRetinaNet(body, 91, **kwargs)
-    randomize_for_detections(theirs)
+    randomize_for_detections(theirs, class_bias)
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "w.pt")
         torch.save(theirs.state_dict(), path)
@@ -107,11 +107,11 @@ def model_pair(**kwargs):
     return ours, theirs
 
 
-def ours_only(**kwargs):
+def ours_only(class_bias: float = -6.6, **kwargs):
     from pydetops.models import retinanet_resnet50_fpn
     torch.manual_seed(0)
     ours = retinanet_resnet50_fpn(trainable_backbone_layers=3, weights_backbone=None, **kwargs)
-    randomize_for_detections(ours)
+    randomize_for_detections(ours, class_bias)
     return ours
 
 
@@ -121,20 +121,30 @@ def _sync_fn(device: str) -> Optional[Callable[[], None]]:
 
 def _shared_state(device: str, hw: Tuple[int, int], min_size: int, max_size: int, store: Dict[str, Any]):
     """Models and image, built once for all the RetinaNet cases."""
-    if not store:
+    if "ours" not in store:
         tv = torchvision_status()
         img = structured_image(*hw).to(device)
         if tv.usable:
-            ours, theirs = model_pair(min_size=min_size, max_size=max_size)
+            ours, theirs = model_pair(store.get("class_bias", -6.6), min_size=min_size, max_size=max_size)
             theirs.eval().to(device)
-            fast, _ = model_pair(min_size=min_size, max_size=max_size)
         else:
-            ours, theirs = ours_only(min_size=min_size, max_size=max_size), None
-            fast = ours_only(min_size=min_size, max_size=max_size)
+            ours, theirs = ours_only(store.get("class_bias", -6.6), min_size=min_size, max_size=max_size), None
         ours.eval().to(device)
-        fast.to(device).optimize_for_inference()
-        store.update(tv=tv, img=img, ours=ours, theirs=theirs, fast=fast)
+        store.update(tv=tv, img=img, ours=ours, theirs=theirs)
     return store
+
+
+def _optimized_model(device: str, hw, min_size: int, max_size: int, store: Dict[str, Any]):
+    """A second copy of ours with the same weights, after ``optimize_for_inference()``."""
+    s = _shared_state(device, hw, min_size, max_size, store)
+    if "fast" not in s:
+        from pydetops.models import retinanet_resnet50_fpn
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "w.pt")
+            torch.save(s["ours"].state_dict(), path)
+            fast = retinanet_resnet50_fpn(weights=path, min_size=min_size, max_size=max_size)
+        s["fast"] = fast.to(device).optimize_for_inference()
+    return s["fast"]
 
 
 def _inference_case(device: str, hw, min_size: int, max_size: int, store: Dict[str, Any], optimized: bool) -> Case:
@@ -144,7 +154,7 @@ def _inference_case(device: str, hw, min_size: int, max_size: int, store: Dict[s
     def build():
         s = _shared_state(device, hw, min_size, max_size, store)
         if not local:
-            model = s["fast" if optimized else "ours"]
+            model = _optimized_model(device, hw, min_size, max_size, store) if optimized else s["ours"]
             timer = RetinaStageTimer(model, _sync_fn(device))
             with torch.no_grad():
                 a = model([s["img"]])[0]
@@ -269,9 +279,10 @@ def _train_case(device: str, batch: int, size: int) -> Case:
 
 
 def retinanet_cases(device: str, image_hw: Tuple[int, int], min_size: int, max_size: int, train_batch: int,
-                    train_size: int) -> List[Case]:
-    """The cases at the given sizes (models are built on first use, shared by the cases)."""
-    store: Dict[str, Any] = {}
+                    train_size: int, class_bias: float = -6.6) -> List[Case]:
+    """The cases at the given sizes (models are built on first use, shared by the cases);
+    ``class_bias``: see :func:`randomize_for_detections` (higher: more candidates, e.g. for tiny images)."""
+    store: Dict[str, Any] = {"class_bias": class_bias}
     return [_inference_case(device, image_hw, min_size, max_size, store, False),
             _inference_case(device, image_hw, min_size, max_size, store, True),
             _postprocess_case(device, image_hw, min_size, max_size, store),
