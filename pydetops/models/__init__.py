@@ -11,6 +11,7 @@ from .hog_svm import HOGSVM, hog_svm
 from .localization import LocalizationNet, localization
 from .overfeat import OverFeat, overfeat
 from .rcnn import RCNN, rcnn
+from .retinanet import RetinaNet, retinanet, retinanet_resnet50_fpn
 from .sppnet import SPPNet, sppnet
 from .ssd import SSD, ssd, ssd300_vgg16
 from .yolo import YOLOv1, yolo_v1
@@ -25,6 +26,7 @@ MODELS = {
     "faster_rcnn": faster_rcnn,
     "yolo_v1": yolo_v1,
     "ssd": ssd,
+    "retinanet": retinanet,
     "fcn": fcn,
 }
 
@@ -32,5 +34,5 @@ __all__ = ["MODELS",
            "LocalizationNet", "localization", "OverFeat", "overfeat", "HOGSVM", "hog_svm",
            "RCNN", "rcnn", "SPPNet", "sppnet", "FastRCNN", "fast_rcnn",
            "FasterRCNN", "faster_rcnn", "fasterrcnn_resnet50_fpn", "fasterrcnn_mobilenet_v3_large_fpn",
-           "YOLOv1", "yolo_v1", "SSD", "ssd", "ssd300_vgg16",
+           "YOLOv1", "yolo_v1", "SSD", "ssd", "ssd300_vgg16", "RetinaNet", "retinanet", "retinanet_resnet50_fpn",
            "FCN", "fcn"]

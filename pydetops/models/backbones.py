@@ -25,6 +25,7 @@ __all__ = [
     "vgg16_features",
     "FeaturePyramidNetwork",
     "LastLevelMaxPool",
+    "LastLevelP6P7",
     "BackboneWithFPN",
     "resnet_fpn_backbone",
     "mobilenet_v3_fpn_backbone",
@@ -372,6 +373,32 @@ class LastLevelMaxPool(nn.Module):
         return results, names
 
 
+class LastLevelP6P7(nn.Module):
+    """Adds "p6" and "p7" (RetinaNet): P6 = conv3x3/2(x), P7 = conv3x3/2(ReLU(P6)), torchvision's names
+    ``p6`` / ``p7``. ``x`` is P5 when ``in_channels == out_channels`` (torchvision's RetinaNet v1:
+    ``LastLevelP6P7(256, 256)``), else C5, the trunk's coarsest map (the paper; v2's ``(2048, 256)``).
+
+    ``forward(results, names, inputs)``: the FPN outputs (finest first), their names and the FPN's
+    inputs C_i (``uses_inputs``: the FPN passes them).
+    """
+
+    uses_inputs = True
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.p6 = nn.Conv2d(in_channels, out_channels, 3, 2, 1)
+        self.p7 = nn.Conv2d(out_channels, out_channels, 3, 2, 1)
+        for conv in (self.p6, self.p7):
+            nn.init.kaiming_uniform_(conv.weight, a=1)
+            nn.init.zeros_(conv.bias)
+        self.use_P5 = in_channels == out_channels
+
+    def forward(self, results: List[Tensor], names: List[str], inputs: List[Tensor]):
+        p6 = self.p6(results[-1] if self.use_P5 else inputs[-1])
+        p7 = self.p7(F.relu(p6))
+        return results + [p6, p7], names + ["p6", "p7"]
+
+
 class FeaturePyramidNetwork(nn.Module):
     """Top-down pathway with lateral 1x1 connections and 3x3 output convs.
 
@@ -404,7 +431,10 @@ class FeaturePyramidNetwork(nn.Module):
             last_inner = lateral + top_down
             results.insert(0, self.layer_blocks[idx](last_inner))
         if self.extra_blocks is not None:
-            results, names = self.extra_blocks(results, names)
+            if getattr(self.extra_blocks, "uses_inputs", False):  # e.g. LastLevelP6P7 from C5
+                results, names = self.extra_blocks(results, names, feats)
+            else:
+                results, names = self.extra_blocks(results, names)
         return OrderedDict(zip(names, results))
 
 
@@ -472,8 +502,12 @@ class _SequentialBody(nn.Sequential):
 
 def resnet_fpn_backbone(depth: int = 50, norm_layer: Callable[[int], nn.Module] = FrozenBatchNorm2d,
                         trainable_layers: int = 3, returned_layers: Optional[List[int]] = None,
-                        out_channels: int = 256, fpn: bool = True) -> nn.Module:
+                        out_channels: int = 256, fpn: bool = True,
+                        extra_blocks: Optional[nn.Module] = None) -> nn.Module:
     """ResNet-18/50 + FPN (P2..P5 named "0".."3" + "pool"), torchvision's ``_resnet_fpn_extractor``.
+
+    ``extra_blocks``: the FPN's extra levels (default ``LastLevelMaxPool``: "pool"; RetinaNet:
+    ``LastLevelP6P7`` with ``returned_layers=[2, 3, 4]``: P3..P7 named "0", "1", "2", "p6", "p7").
 
     ``trainable_layers`` (0..5): how many of layer4, layer3, layer2, layer1, conv1 (from the top) train;
     5 also trains bn1. Without ``fpn``: the trunk's layer4 as one map "0" (``out_channels`` = its channels).
@@ -499,7 +533,7 @@ def resnet_fpn_backbone(depth: int = 50, norm_layer: Callable[[int], nn.Module] 
         raise ValueError(f"returned_layers must be in [1, 4], got {returned_layers}")
     return_layers = {f"layer{k}": str(v) for v, k in enumerate(returned_layers)}
     in_channels = [trunk.channels[k - 1] for k in returned_layers]
-    return BackboneWithFPN(_ResNetBody(trunk, return_layers), in_channels, out_channels)
+    return BackboneWithFPN(_ResNetBody(trunk, return_layers), in_channels, out_channels, extra_blocks)
 
 
 def mobilenet_v3_fpn_backbone(norm_layer: Callable[[int], nn.Module] = FrozenBatchNorm2d, trainable_layers: int = 3,
