@@ -1,13 +1,15 @@
 """The lineage tables of benchmarks/RESULTS.md: every detector trained on the same synthetic data
 with the same time budget on this machine, through the same ``pydetops.train`` / ``pydetops.evaluate``.
 
-    python benchmarks/model_table.py --out DIR [--minutes M] [--models a,b,...] [--threads N]
+    python benchmarks/model_table.py --out DIR [--minutes M] [--models a,b,...] [--threads N] [--jobs J]
         [--train-images N] [--val-images N] [--size H W] [--lr-for NAME=LR ...]
 
 For each model: ``python -m pydetops.train --model NAME`` with its CPU-sized defaults (small
 backbone, small images) for ``--minutes`` (budget counted from the first step; no validation
 inside the budget), then ``python -m pydetops.evaluate`` of ``last.pt`` on the validation set.
-Each model runs in its own process, one after the other, with ``--threads`` torch threads.
+Each model runs in its own process with ``--threads`` torch threads, ``--jobs`` models at a time
+(on a 2-core machine ``--threads 1 --jobs 2`` gives each model one core: on a shared machine two
+spinning threads per process are slower than one).
 Models that localise a single object (``localization``) train and evaluate on the generator's
 ``--single-object`` data of the same size and seeds; every other model on the multi-object data.
 
@@ -139,6 +141,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--minutes", type=float, default=3.0)
     p.add_argument("--models", default=None, help="comma-separated (default: every model in pydetops.models.MODELS)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--jobs", type=int, default=1, help="models trained at the same time")
     p.add_argument("--train-images", type=int, default=200)
     p.add_argument("--val-images", type=int, default=50)
     p.add_argument("--size", type=int, nargs=2, default=(128, 128), metavar=("H", "W"))
@@ -170,10 +173,13 @@ def main(argv: Optional[List[str]] = None) -> int:
               f"{platform.processor() or platform.machine()} | {a.threads} threads | budget {a.minutes} min per model | "
               f"train {a.train_images} / val {a.val_images} synthetic images {a.size[0]}x{a.size[1]}")
     print(header, flush=True)
-    rows = []
-    for name in names:
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(name):
         print(f"{name} ...", file=sys.stderr, flush=True)
-        rows.append(run_model(name, a, data))
+        return run_model(name, a, data)
+    with ThreadPoolExecutor(max(1, a.jobs)) as pool:  # each model is a subprocess: threads only wait
+        rows = list(pool.map(one, names))
     text = header + "\n\n" + table(rows)
     print(text)
     with open(os.path.join(a.out, "table.md"), "w") as f:
