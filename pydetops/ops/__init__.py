@@ -19,6 +19,8 @@ from .detection import __all__ as _detection_all
 from .conv_transpose import __all__ as _conv_transpose_all
 from .nms import *  # noqa: F401,F403
 from .nms import __all__ as _nms_all
+from .paste_keypoints import *  # noqa: F401,F403
+from .paste_keypoints import __all__ as _paste_keypoints_all
 from .psroi_spp import *  # noqa: F401,F403
 from .psroi_spp import __all__ as _psroi_spp_all
 from .roi import *  # noqa: F401,F403
@@ -28,6 +30,7 @@ from .unpool import __all__ as _unpool_all
 
 __all__ = list(_boxes_all) + list(_nms_all) + list(_anchors_coding_all) + list(_psroi_spp_all) + list(_roi_all)
 __all__ += list(_conv_transpose_all) + list(_unpool_all) + list(_detection_all)
+__all__ += list(_paste_keypoints_all)
 
 
 def registered_op_names() -> List[str]:

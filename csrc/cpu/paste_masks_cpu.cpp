@@ -1,0 +1,113 @@
+// CPU kernel of paste_masks.
+//
+// The result is written once, row by row: at::parallel_for over (mask, image
+// row). A row outside the mask's clipped integer box is zero-filled; a row
+// inside is zero left of the box, bilinear samples of the zero-padded mask
+// inside it (computed directly from the unpadded mask: taps that fall in the
+// padding read 0), zero right of it. No resized mask is materialised per RoI.
+// Each output element depends only on its own inputs, so the result does not
+// depend on the number of threads.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "common/checks.h"
+#include "common/paste_keypoints_math.h"
+#include "cpu/parallel_grain.h"
+#include "ops/paste_keypoints.h"
+
+namespace pydetops {
+namespace {
+
+std::vector<pk::PasteBox> integer_boxes(const at::Tensor& boxes, double scale) {
+  const at::Tensor b = boxes.contiguous();
+  const int64_t n = b.size(0);
+  std::vector<pk::PasteBox> out(static_cast<size_t>(n));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, b.scalar_type(), "paste_masks_boxes", [&] {
+    using opmath_t = at::opmath_type<scalar_t>;
+    const scalar_t* p = b.const_data_ptr<scalar_t>();
+    for (int64_t i = 0; i < n; ++i) {
+      out[i] = pk::expand_and_round_box<scalar_t, opmath_t>(p[4 * i], p[4 * i + 1], p[4 * i + 2], p[4 * i + 3],
+                                                            scale);
+    }
+  });
+  return out;
+}
+
+template <typename scalar_t>
+void paste_masks_kernel(const at::Tensor& masks, const std::vector<pk::PasteBox>& boxes, int64_t H, int64_t W,
+                        int64_t padding, at::Tensor& out) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t N = masks.size(0), MH = masks.size(2), MW = masks.size(3);
+  const int64_t PH = MH + 2 * padding, PW = MW + 2 * padding;  // padded mask
+  const int64_t sN = masks.stride(0), sH = masks.stride(2), sW = masks.stride(3);
+  const scalar_t* m = masks.const_data_ptr<scalar_t>();
+  scalar_t* o = out.mutable_data_ptr<scalar_t>();
+  const int64_t rows = N * H;
+  const int64_t grain = cpu::grain_for_item(std::max<int64_t>(W, 1) * 2);
+  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t n = r / H, y = r % H;
+      scalar_t* row = o + r * W;
+      const pk::PasteBox& b = boxes[n];
+      const int64_t xs = std::max<int64_t>(b.x0, 0), xe = std::min<int64_t>(b.x1 + 1, W);
+      if (!b.valid || y < b.y0 || y > b.y1 || xs >= xe) {
+        std::fill(row, row + W, scalar_t(0));
+        continue;
+      }
+      std::fill(row, row + xs, scalar_t(0));
+      std::fill(row + xe, row + W, scalar_t(0));
+      // Rows of the padded mask this image row samples (taps in the padding read 0).
+      const pk::LinearTap ty = pk::linear_tap(y - b.y0, PH, b.h);
+      const int64_t r0 = ty.i0 - padding, r1 = ty.i1 - padding;
+      const scalar_t* m0 = (r0 >= 0 && r0 < MH) ? m + n * sN + r0 * sH : nullptr;
+      const scalar_t* m1 = (r1 >= 0 && r1 < MH) ? m + n * sN + r1 * sH : nullptr;
+      const acc_t wy0 = static_cast<acc_t>(ty.l0), wy1 = static_cast<acc_t>(ty.l1);
+      for (int64_t x = xs; x < xe; ++x) {
+        const pk::LinearTap tx = pk::linear_tap(x - b.x0, PW, b.w);
+        const int64_t c0 = tx.i0 - padding, c1 = tx.i1 - padding;
+        const bool in0 = c0 >= 0 && c0 < MW, in1 = c1 >= 0 && c1 < MW;
+        const acc_t wx0 = static_cast<acc_t>(tx.l0), wx1 = static_cast<acc_t>(tx.l1);
+        acc_t v00 = 0, v01 = 0, v10 = 0, v11 = 0;
+        if (m0) {
+          if (in0) v00 = static_cast<acc_t>(m0[c0 * sW]);
+          if (in1) v01 = static_cast<acc_t>(m0[c1 * sW]);
+        }
+        if (m1) {
+          if (in0) v10 = static_cast<acc_t>(m1[c0 * sW]);
+          if (in1) v11 = static_cast<acc_t>(m1[c1 * sW]);
+        }
+        row[x] = static_cast<scalar_t>(wy0 * (wx0 * v00 + wx1 * v01) + wy1 * (wx0 * v10 + wx1 * v11));
+      }
+    }
+  });
+}
+
+at::Tensor paste_masks_cpu(const at::Tensor& masks, const at::Tensor& boxes, int64_t image_height,
+                           int64_t image_width, int64_t padding) {
+  check_paste_masks_args(masks, boxes, image_height, image_width, padding);
+  const int64_t N = masks.size(0);
+  at::Tensor out = at::empty({N, 1, image_height, image_width}, masks.options());
+  if (out.numel() == 0) return out;
+  // torchvision's expand_masks: scale = (M + 2 padding) / M with M the mask width.
+  const int64_t MW = masks.size(3);
+  const double scale = static_cast<double>(MW + 2 * padding) / static_cast<double>(MW);
+  const std::vector<pk::PasteBox> ib = integer_boxes(boxes, scale);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, masks.scalar_type(), "paste_masks_cpu", [&] {
+    paste_masks_kernel<scalar_t>(masks, ib, image_height, image_width, padding, out);
+  });
+  return out;
+}
+
+}  // namespace
+}  // namespace pydetops
+
+TORCH_LIBRARY_IMPL(pydetops, CPU, m) {
+  m.impl("paste_masks", &pydetops::paste_masks_cpu);
+}
