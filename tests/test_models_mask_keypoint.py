@@ -306,3 +306,40 @@ def test_torchvision_training_losses_match(kind):
     assert set(la) == set(lb)
     for k in lb:
         torch.testing.assert_close(la[k], lb[k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+# ---------------------------------------------------------------- command line
+
+@pytest.mark.parametrize("name", ["mask_rcnn", "keypoint_rcnn"])
+def test_cli_train_evaluate_predict(name, tmp_path):
+    import json
+
+    from pydetops import evaluate, predict, train
+    from pydetops.checkpoint import load_checkpoint
+    from pydetops.data import synthetic
+    d = tmp_path / "d"
+    synthetic.generate(str(d), images=2, seed=4, size=(64, 64))
+    out = tmp_path / "run"
+    torch.manual_seed(0)
+    assert train.main(["--model", name, "--backbone", "tiny", "--image-size", "64",
+                       "--train-images", str(d / "images"), "--train-annotations", str(d / "annotations.json"),
+                       "--out", str(out), "--epochs", "1", "--batch-size", "2"]) == 0
+    ck = load_checkpoint(str(out / "last.pt"), expected_model=name)
+    want = {"backbone": "tiny", "min_size": 64, "max_size": 106}
+    if name == "keypoint_rcnn":
+        want["num_keypoints"] = 5  # from the dataset's category keypoint names
+    assert ck["model_kwargs"] == want
+    history = json.loads((out / "metrics.json").read_text())["epochs"][0]
+    extra = "loss_mask" if name == "mask_rcnn" else "loss_keypoint"
+    assert extra in history["losses"]
+    assert evaluate.main(["--checkpoint", str(out / "last.pt"), "--images", str(d / "images"),
+                          "--annotations", str(d / "annotations.json"), "--out", str(tmp_path / "ev")]) == 0
+    em = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    kind = "segm" if name == "mask_rcnn" else "keypoints"
+    assert em["model"] == name and em["images"] == 2 and kind in em
+    dets = json.loads((tmp_path / "ev" / "detections.json").read_text())
+    assert dets and all(("segmentation" in x) == (name == "mask_rcnn") for x in dets)
+    assert all(len(x["keypoints"]) == 15 for x in dets) if name == "keypoint_rcnn" else True
+    assert predict.main(["--checkpoint", str(out / "last.pt"), "--out", str(tmp_path / "pr"),
+                         "--score-threshold", "0.0", str(d / "images" / "000001.png")]) == 0
+    assert (tmp_path / "pr" / "000001.png").exists()
