@@ -343,3 +343,17 @@ def test_cli_train_evaluate_predict(name, tmp_path):
     assert predict.main(["--checkpoint", str(out / "last.pt"), "--out", str(tmp_path / "pr"),
                          "--score-threshold", "0.0", str(d / "images" / "000001.png")]) == 0
     assert (tmp_path / "pr" / "000001.png").exists()
+
+
+# ---------------------------------------------------------------- bench cases
+
+def test_bench_cases_and_training_steps_run():
+    from pydetops.bench import models_mask_keypoint as bench
+    cases = bench.model_cases("cpu", (64, 80), 64, 80, 5, 1, (64, 64))
+    assert [c.op for c in cases] == ["mask_rcnn_r50_fpn inference", "keypoint_rcnn_r50_fpn inference",
+                                     "mask_rcnn_tiny train step", "keypoint_rcnn_tiny train step"]
+    assert [c.op for c in bench.cases("cpu", True)] == [c.op for c in cases]
+    for case in cases[2:]:  # the training steps (ours only): one step each, and their line
+        assert case.baseline is None and not case.comparable
+        case.ours()
+        assert case.details({"ours_ms": 250.0}) == "4.0 images/s (batch 1 / median step)"
