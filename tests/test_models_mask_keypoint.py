@@ -129,7 +129,7 @@ def test_no_detections_and_no_objects(kind):
     empty = [{k: v[:0] for k, v in t.items()} for t in targets]
     losses = model(images, empty)
     extra = "loss_mask" if kind == "mask" else "loss_keypoint"
-    assert float(losses[extra]) == 0.0 and losses[extra].requires_grad
+    assert float(losses[extra].detach()) == 0.0 and losses[extra].requires_grad
     # eval with nothing above the score threshold: empty, well-shaped outputs
     model.eval()
     model.roi_heads.score_thresh = 1.1
