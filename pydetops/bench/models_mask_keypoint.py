@@ -41,9 +41,16 @@ def tv_model(kind: str, num_classes: int, **kwargs):
 
 
 def _randomize_for_detections(model) -> None:
+    """Peaky class scores (as a trained model's) and random BatchNorm statistics."""
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
-        model.roi_heads.box_predictor.cls_score.weight.mul_(30.0)
+        cls = model.roi_heads.box_predictor.cls_score
+        cls.weight.mul_(30.0)
+        if cls.out_features == 2:
+            # one class (Keypoint R-CNN's person): random weights put it far below the background
+            # everywhere; a foreground row close to the background's spreads its scores over (0, 1)
+            cls.weight[1].copy_(cls.weight[0] + 0.003 * torch.randn(cls.weight.shape[1], generator=g))
+            cls.bias[1].copy_(cls.bias[0])
         for name, buf in model.named_buffers():
             if name.endswith("running_mean"):
                 buf.copy_(torch.randn(buf.shape, generator=g) * 0.1)
