@@ -461,7 +461,7 @@ def test_paste_masks_torchvision_parity(padding):
     ours = P.paste_masks(masks, boxes, (H, W), padding)
     tv = roi_heads.paste_masks_in_image(masks, boxes, (H, W), padding)
     assert ours.shape == tv.shape and ours.dtype == tv.dtype
-    torch.testing.assert_close(ours, tv, atol=2e-6, rtol=0)
+    torch.testing.assert_close(ours, tv, atol=1e-5, rtol=0)  # float32 sampling positions in torch
     assert torch.equal(ours > 0, tv > 0)
     tv64 = roi_heads.paste_masks_in_image(masks.double(), boxes.double(), (H, W), padding)
     torch.testing.assert_close(P.paste_masks(masks.double(), boxes.double(), (H, W), padding), tv64,
@@ -497,3 +497,66 @@ def test_heatmaps_to_keypoints_torchvision_parity():
                 xi = round((float(xy[r, k, 0]) - float(rois[r, 0])) / (w / math.ceil(w)) - 0.5)
                 yi = round((float(xy[r, k, 1]) - float(rois[r, 1])) / (h / math.ceil(h)) - 0.5)
                 assert float(resized[k, yi, xi]) >= float(resized[k].max()) - 2e-5
+
+
+# ------------------------------------------------------------------ bench
+
+def test_bench_cases_agree_with_their_baselines():
+    """The bench's cases (quick) compute the same as their baselines (torchvision or the plain-torch loops)."""
+    from pydetops.bench import paste_keypoints as bench
+    cases = bench.cases("cpu", quick=True)
+    assert [c.op for c in cases] == ["paste_masks", "heatmaps_to_keypoints", "heatmaps_to_keypoints"]
+    for c in cases:
+        ours, base = c.ours(), c.baseline()
+        if c.op == "paste_masks":
+            torch.testing.assert_close(ours, base, atol=1e-5, rtol=0)
+        else:
+            torch.testing.assert_close(ours[1], base[1], atol=2e-5, rtol=0)
+            if "peaked" in c.config:
+                torch.testing.assert_close(ours[0], base[0], atol=0, rtol=1e-6)
+
+
+def test_plain_torch_baselines_match_the_ops():
+    from pydetops.bench import paste_keypoints as bench
+    gen = torch.Generator().manual_seed(51)
+    m = torch.rand(10, 1, 14, 14, generator=gen)
+    b = random_boxes(10, 60, 80, gen, max_size=50).float()
+    torch.testing.assert_close(bench.torch_paste_masks_loop(m, b, (60, 80)), P.paste_masks(m, b, (60, 80)),
+                               atol=2e-6, rtol=0)
+    hm = peaked_heatmaps(5, 3, 16, gen)
+    r = random_boxes(5, 100, 100, gen, min_size=2, max_size=60).float()
+    bxy, bsc = bench.torch_heatmaps_to_keypoints_loop(hm, r)
+    xy, sc = P.heatmaps_to_keypoints(hm, r)
+    torch.testing.assert_close(xy, bxy, atol=0, rtol=1e-6)
+    torch.testing.assert_close(sc, bsc, atol=2e-5, rtol=0)
+
+
+def test_paste_masks_torchvision_parity_non_square_and_float64_boxes():
+    """Non-square masks (torchvision scales the box by the mask WIDTH in both directions) and
+    float64 boxes with float32 masks."""
+    roi_heads = _tv_roi_heads()
+    gen = torch.Generator().manual_seed(61)
+    H, W = 70, 90
+    masks = torch.rand(15, 1, 10, 17, generator=gen)
+    boxes = random_boxes(15, H, W, gen, min_size=1, max_size=60)
+    ours = P.paste_masks(masks, boxes, (H, W), 1)
+    tv = roi_heads.paste_masks_in_image(masks, boxes, (H, W), 1)
+    torch.testing.assert_close(ours, tv, atol=1e-5, rtol=0)
+    torch.testing.assert_close(ours.double(), ref_paste_masks(masks, boxes, (H, W), 1), atol=1e-5, rtol=0)
+
+
+def test_results_do_not_depend_on_the_thread_count():
+    gen = torch.Generator().manual_seed(71)
+    m = torch.rand(40, 1, 28, 28, generator=gen)
+    b = random_boxes(40, 300, 400, gen, max_size=300).float()
+    hm = torch.randn(20, 17, 56, 56, generator=gen)
+    r = random_boxes(20, 300, 400, gen, min_size=20, max_size=200).float()
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = (P.paste_masks(m, b, (300, 400)),) + P.heatmaps_to_keypoints(hm, r)
+        torch.set_num_threads(2)
+        two = (P.paste_masks(m, b, (300, 400)),) + P.heatmaps_to_keypoints(hm, r)
+    finally:
+        torch.set_num_threads(before)
+    assert all(torch.equal(a, c) for a, c in zip(one, two))

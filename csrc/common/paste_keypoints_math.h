@@ -82,8 +82,7 @@ struct LinearTap {
   double l0, l1;
 };
 
-PYDETOPS_HOST_DEVICE inline LinearTap linear_tap(int64_t dst, int64_t in, int64_t out) {
-  const double scale = static_cast<double>(in) / static_cast<double>(out);
+PYDETOPS_HOST_DEVICE inline LinearTap linear_tap_scaled(int64_t dst, int64_t in, double scale) {
   double src = scale * (static_cast<double>(dst) + 0.5) - 0.5;
   if (src < 0) src = 0;
   LinearTap t;
@@ -93,6 +92,10 @@ PYDETOPS_HOST_DEVICE inline LinearTap linear_tap(int64_t dst, int64_t in, int64_
   t.l1 = src - static_cast<double>(t.i0);
   t.l0 = 1.0 - t.l1;
   return t;
+}
+
+PYDETOPS_HOST_DEVICE inline LinearTap linear_tap(int64_t dst, int64_t in, int64_t out) {
+  return linear_tap_scaled(dst, in, static_cast<double>(in) / static_cast<double>(out));
 }
 
 // ------------------------------------------------------------------ bicubic

@@ -30,6 +30,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <memory>
 #include <type_traits>
 #include <vector>
 
@@ -97,7 +98,11 @@ void keypoints_kernel(const at::Tensor& heatmaps, const at::Tensor& rois, at::Te
     at::parallel_for(0, tasks, grain, [&](int64_t begin, int64_t end) {
       Taps<acc_t> tx, ty;
       int64_t taps_of = -1;
-      std::vector<acc_t> X, T, row, rmax, rmin;
+      std::vector<acc_t> X, row, rmax, rmin;
+      // The horizontally resampled rows (S_h x w), left uninitialised: only the rows a
+      // task needs are written (and, for a huge RoI, only their pages become resident).
+      std::unique_ptr<acc_t[]> T;
+      size_t T_cap = 0;
       std::vector<char> done;
       for (int64_t task = begin; task < end; ++task) {
         const int64_t r = task / K, k = task % K;
@@ -113,7 +118,12 @@ void keypoints_kernel(const at::Tensor& heatmaps, const at::Tensor& rois, at::Te
           tx.build(SW, w);
           ty.build(SH, h);
           taps_of = r;
-          T.resize(static_cast<size_t>(SH * w));
+          const size_t need = static_cast<size_t>(SH * w);
+          if (need > T_cap) {
+            T.reset();
+            T.reset(new acc_t[need]);
+            T_cap = need;
+          }
           row.resize(static_cast<size_t>(w));
         }
         // The heatmap in the compute type, contiguous, with its row extremes.
@@ -145,7 +155,7 @@ void keypoints_kernel(const at::Tensor& heatmaps, const at::Tensor& rois, at::Te
         }
         done.assign(static_cast<size_t>(SH), 0);
         auto t_row = [&](int64_t s) -> const acc_t* {
-          acc_t* t = T.data() + s * w;
+          acc_t* t = T.get() + s * w;
           if (!done[s]) {
             const acc_t* xr = X.data() + s * SW;
             const int64_t* id = tx.idx.data();
@@ -209,16 +219,39 @@ void keypoints_kernel(const at::Tensor& heatmaps, const at::Tensor& rois, at::Te
           }
           v_row(y);
           const acc_t* o = row.data();
-          for (int64_t x = 0; x < w; ++x) {
-            const acc_t v = o[x];
-            if (best_idx < 0 || v > best || std::isnan(v)) {
-              best = v;
-              best_idx = y * w + x;
-              if (std::isnan(v)) {
+          // The row's maximum (8 independent lanes, so that it vectorises; `a > m ? a : m`
+          // never picks a NaN) and whether it holds a NaN.
+          acc_t lane[8];
+          bool nan_in_row = false;
+          for (int j = 0; j < 8; ++j) lane[j] = -std::numeric_limits<acc_t>::infinity();
+          int64_t x = 0;
+          for (; x + 8 <= w; x += 8) {
+            for (int j = 0; j < 8; ++j) {
+              const acc_t v = o[x + j];
+              lane[j] = v > lane[j] ? v : lane[j];
+              nan_in_row |= v != v;
+            }
+          }
+          for (; x < w; ++x) {
+            lane[0] = o[x] > lane[0] ? o[x] : lane[0];
+            nan_in_row |= o[x] != o[x];
+          }
+          acc_t row_max = lane[0];
+          for (int j = 1; j < 8; ++j) row_max = lane[j] > row_max ? lane[j] : row_max;
+          if (nan_in_row) {  // the first NaN wins (torch.argmax); earlier rows held none
+            for (x = 0; x < w; ++x) {
+              if (std::isnan(o[x])) {
+                best = o[x];
+                best_idx = y * w + x;
                 best_nan = true;
                 break;
               }
             }
+          } else if (best_idx < 0 || row_max > best) {  // ties with an earlier row keep the earlier
+            x = 0;
+            while (!(o[x] == row_max)) ++x;  // all-(-inf) rows: x = 0
+            best = row_max;
+            best_idx = y * w + x;
           }
         }
         const int64_t xi = best_idx % w, yi = best_idx / w;

@@ -69,8 +69,9 @@ void paste_masks_kernel(const at::Tensor& masks, const std::vector<pk::PasteBox>
       const scalar_t* m0 = (r0 >= 0 && r0 < MH) ? m + n * sN + r0 * sH : nullptr;
       const scalar_t* m1 = (r1 >= 0 && r1 < MH) ? m + n * sN + r1 * sH : nullptr;
       const acc_t wy0 = static_cast<acc_t>(ty.l0), wy1 = static_cast<acc_t>(ty.l1);
+      const double sx = static_cast<double>(PW) / static_cast<double>(b.w);  // as linear_tap
       for (int64_t x = xs; x < xe; ++x) {
-        const pk::LinearTap tx = pk::linear_tap(x - b.x0, PW, b.w);
+        const pk::LinearTap tx = pk::linear_tap_scaled(x - b.x0, PW, sx);
         const int64_t c0 = tx.i0 - padding, c1 = tx.i1 - padding;
         const bool in0 = c0 >= 0 && c0 < MW, in1 = c1 >= 0 && c1 < MW;
         const acc_t wx0 = static_cast<acc_t>(tx.l0), wx1 = static_cast<acc_t>(tx.l1);
