@@ -134,6 +134,13 @@ def model_kwargs(ctor, backbone: Optional[str], image_size: Optional[int]) -> Di
     return kwargs
 
 
+def _takes(ctor, name: str) -> bool:
+    try:
+        return name in inspect.signature(ctor).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def _build(models, name: str, num_classes: int, kwargs: Dict[str, Any]):
     if name not in models:
         raise UsageError(f"--model: unknown model {name!r} (models: {', '.join(sorted(models))})")
@@ -240,7 +247,9 @@ def _train(a: argparse.Namespace, dist: "_Dist") -> int:
     last_path = os.path.join(a.out, "last.pt")
     best_path = os.path.join(a.out, "best.pt")
     kwargs = model_kwargs(ctor, a.backbone, a.image_size)
-    if ("keypoints" in getattr(ctor, "optional_target_fields", ()) and train_raw.keypoint_names
+    if want_kps and train_raw.keypoint_names and _takes(ctor, "num_keypoints"):
+        kwargs["num_keypoints"] = len(train_raw.keypoint_names)  # K from the dataset's categories
+    elif ("keypoints" in getattr(ctor, "optional_target_fields", ()) and train_raw.keypoint_names
             and "num_keypoints" not in kwargs):  # e.g. localization: also regress the dataset's points
         train_raw.want_keypoints = True
         kwargs["num_keypoints"] = len(train_raw.keypoint_names)

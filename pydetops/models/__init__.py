@@ -8,7 +8,9 @@ from .faster_rcnn import FasterRCNN, faster_rcnn, fasterrcnn_mobilenet_v3_large_
 from .fast_rcnn import FastRCNN, fast_rcnn
 from .fcn import FCN, fcn
 from .hog_svm import HOGSVM, hog_svm
+from .keypoint_rcnn import KeypointRCNN, keypoint_rcnn, keypointrcnn_resnet50_fpn
 from .localization import LocalizationNet, localization
+from .mask_rcnn import MaskRCNN, mask_rcnn, maskrcnn_resnet50_fpn
 from .overfeat import OverFeat, overfeat
 from .rcnn import RCNN, rcnn
 from .retinanet import RetinaNet, retinanet, retinanet_resnet50_fpn
@@ -24,6 +26,8 @@ MODELS = {
     "sppnet": sppnet,
     "fast_rcnn": fast_rcnn,
     "faster_rcnn": faster_rcnn,
+    "mask_rcnn": mask_rcnn,
+    "keypoint_rcnn": keypoint_rcnn,
     "yolo_v1": yolo_v1,
     "ssd": ssd,
     "retinanet": retinanet,
@@ -34,5 +38,7 @@ __all__ = ["MODELS",
            "LocalizationNet", "localization", "OverFeat", "overfeat", "HOGSVM", "hog_svm",
            "RCNN", "rcnn", "SPPNet", "sppnet", "FastRCNN", "fast_rcnn",
            "FasterRCNN", "faster_rcnn", "fasterrcnn_resnet50_fpn", "fasterrcnn_mobilenet_v3_large_fpn",
+           "MaskRCNN", "mask_rcnn", "maskrcnn_resnet50_fpn", "KeypointRCNN", "keypoint_rcnn",
+           "keypointrcnn_resnet50_fpn",
            "YOLOv1", "yolo_v1", "SSD", "ssd", "ssd300_vgg16", "RetinaNet", "retinanet", "retinanet_resnet50_fpn",
            "FCN", "fcn"]

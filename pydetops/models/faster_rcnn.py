@@ -292,7 +292,7 @@ class _SingleMap(nn.Module):
 
 def faster_rcnn(num_classes: int, backbone: str = "resnet18", fpn: bool = True, norm: str = "group",
                 min_size: int = 320, max_size: int = 512, fpn_channels: int = 64,
-                representation_size: int = 256, weights=None, **kwargs) -> FasterRCNN:
+                representation_size: int = 256, weights=None, model_class=None, **kwargs) -> FasterRCNN:
     """A small Faster R-CNN for training from scratch on a CPU, with the seeds' training recipe.
 
     Args:
@@ -306,6 +306,8 @@ def faster_rcnn(num_classes: int, backbone: str = "resnet18", fpn: bool = True, 
         weights: None or a local ``state_dict`` file of this same configuration.
         **kwargs: any ``FasterRCNN`` keyword (e.g. ``box_score_thresh``, ``rpn_pre_nms_top_n_test``;
             ``rpn_fused_proposals`` is True here: no torchvision model to match).
+        model_class: the class built (default ``FasterRCNN``; a subclass such as ``MaskRCNN``, which
+            then also receives its own keywords from ``kwargs``).
 
     Defaults follow the seeds: RPN positive IoU >= 0.7 (or best per gt), negative < 0.3, 256 per
     image at 1:1; RoI head 512 per image, 25 % foreground (IoU >= 0.5), background IoU in
@@ -338,7 +340,7 @@ def faster_rcnn(num_classes: int, backbone: str = "resnet18", fpn: bool = True, 
         pool = MultiScaleRoIAlign(["0"], 7, 2)
     defaults.update(kwargs)
     head = TwoMLPHead(body.out_channels * 49, representation_size)
-    model = FasterRCNN(body, num_classes=None, box_roi_pool=pool, box_head=head,
-                       box_predictor=FastRCNNPredictor(representation_size, num_classes), **defaults)
+    model = (model_class or FasterRCNN)(body, num_classes=None, box_roi_pool=pool, box_head=head,
+                                        box_predictor=FastRCNNPredictor(representation_size, num_classes), **defaults)
     _load_weights(model, weights)
     return model

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .. import ops
 from ..ops import ImageList
 
 __all__ = ["DetectionTransform", "resize_boxes", "FixedSizeTransform", "check_images"]
@@ -116,11 +117,20 @@ class DetectionTransform(nn.Module):
 
     def postprocess(self, result: List[Dict[str, Tensor]], image_shapes: List[Tuple[int, int]],
                     original_image_sizes: List[Tuple[int, int]]) -> List[Dict[str, Tensor]]:
-        """Boxes from the resized images' pixels back to the original images'."""
+        """Boxes (and keypoints Tensor[D, K, 3]) from the resized images' pixels back to the original
+        images'; masks Tensor[D, 1, M, M] (RoI-relative) pasted into the original image at their boxes
+        with ``pydetops.ops.paste_masks`` (padding 1): Tensor[D, 1, H, W]."""
         if self.training:
             return result
         for pred, size, original in zip(result, image_shapes, original_image_sizes):
             pred["boxes"] = resize_boxes(pred["boxes"], size, original)
+            if "masks" in pred:
+                pred["masks"] = ops.paste_masks(pred["masks"], pred["boxes"], (int(original[0]), int(original[1])), 1)
+            if "keypoints" in pred:
+                kp = pred["keypoints"].clone()
+                kp[..., 0] *= torch.tensor(original[1], dtype=torch.float32) / torch.tensor(size[1], dtype=torch.float32)
+                kp[..., 1] *= torch.tensor(original[0], dtype=torch.float32) / torch.tensor(size[0], dtype=torch.float32)
+                pred["keypoints"] = kp
         return result
 
     def extra_repr(self) -> str:

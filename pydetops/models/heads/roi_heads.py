@@ -14,6 +14,8 @@ from torch import Tensor, nn
 from ...ops import BoxCoder, detection_postprocess
 from ..assign import BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS, BalancedSampler, match
 from ..losses import smooth_l1_loss
+from .keypoint_head import keypointrcnn_inference, keypointrcnn_loss
+from .mask_head import maskrcnn_inference, maskrcnn_loss
 
 __all__ = ["TwoMLPHead", "FastRCNNPredictor", "RoIHeads", "fastrcnn_loss"]
 
@@ -59,7 +61,7 @@ def fastrcnn_loss(class_logits: Tensor, box_regression: Tensor, labels: List[Ten
 
 
 class RoIHeads(nn.Module):
-    """Box branch of Faster R-CNN.
+    """Box branch of Faster R-CNN, with Mask R-CNN's optional mask and keypoint branches.
 
     Training: ground-truth boxes are added to the proposals; a proposal with IoU >=
     ``fg_iou_thresh`` is foreground (its gt's label), with IoU in [``bg_iou_low``,
@@ -70,12 +72,23 @@ class RoIHeads(nn.Module):
     ``forward(features, proposals: List[Tensor[P_i, 4]], image_shapes, targets)`` ->
     (detections: one dict boxes Tensor[D, 4] / labels Tensor[D] int64 / scores Tensor[D] per image
     (eval), losses dict (train): ``loss_classifier``, ``loss_box_reg``).
+
+    Mask branch (all three of ``mask_roi_pool``, ``mask_head``, ``mask_predictor`` given, as
+    torchvision's attributes): in training the positive sampled RoIs get ``loss_mask`` against
+    ``targets[i]["masks"]`` (Tensor[G, H, W] in the resized image); in eval each detection gets
+    ``masks`` Tensor[D, 1, M, M] (its class's sigmoid map, pasted into the image later by the
+    transform). Keypoint branch (``keypoint_roi_pool``, ``keypoint_head``, ``keypoint_predictor``):
+    ``loss_keypoint`` against ``targets[i]["keypoints"]`` (Tensor[G, K, 3]); in eval ``keypoints``
+    Tensor[D, K, 3] and ``keypoints_scores`` Tensor[D, K]. See heads/mask_head.py, heads/keypoint_head.py.
     """
 
     def __init__(self, box_roi_pool: nn.Module, box_head: nn.Module, box_predictor: nn.Module,
                  fg_iou_thresh: float, bg_iou_thresh: float, batch_size_per_image: int, positive_fraction: float,
                  bbox_reg_weights: Optional[Tuple[float, float, float, float]], score_thresh: float,
-                 nms_thresh: float, detections_per_img: int, bg_iou_low: float = 0.0):
+                 nms_thresh: float, detections_per_img: int, bg_iou_low: float = 0.0,
+                 mask_roi_pool: Optional[nn.Module] = None, mask_head: Optional[nn.Module] = None,
+                 mask_predictor: Optional[nn.Module] = None, keypoint_roi_pool: Optional[nn.Module] = None,
+                 keypoint_head: Optional[nn.Module] = None, keypoint_predictor: Optional[nn.Module] = None):
         super().__init__()
         self.box_roi_pool = box_roi_pool
         self.box_head = box_head
@@ -88,6 +101,19 @@ class RoIHeads(nn.Module):
         self.score_thresh = score_thresh
         self.nms_thresh = nms_thresh
         self.detections_per_img = detections_per_img
+        self.mask_roi_pool = mask_roi_pool
+        self.mask_head = mask_head
+        self.mask_predictor = mask_predictor
+        self.keypoint_roi_pool = keypoint_roi_pool
+        self.keypoint_head = keypoint_head
+        self.keypoint_predictor = keypoint_predictor
+
+    def has_mask(self) -> bool:
+        return self.mask_roi_pool is not None and self.mask_head is not None and self.mask_predictor is not None
+
+    def has_keypoint(self) -> bool:
+        return (self.keypoint_roi_pool is not None and self.keypoint_head is not None
+                and self.keypoint_predictor is not None)
 
     def forward(self, features: Dict[str, Tensor], proposals: List[Tensor], image_shapes: List[Tuple[int, int]],
                 targets: Optional[List[Dict[str, Tensor]]] = None
@@ -95,20 +121,58 @@ class RoIHeads(nn.Module):
         if self.training:
             if targets is None:
                 raise ValueError("targets should not be None in training mode")
-            proposals, labels, regression_targets = self.select_training_samples(proposals, targets)
+            proposals, labels, regression_targets, matched_idxs = self.select_training_samples_and_matches(
+                proposals, targets)
         # -- RoI pooling, two FC layers, class scores and per-class offsets ------------------------
         x = self.box_roi_pool(features, proposals, image_shapes)
         class_logits, box_regression = self.box_predictor(self.box_head(x))
         if self.training:
             loss_cls, loss_box = fastrcnn_loss(class_logits, box_regression, labels, regression_targets)
-            return [], {"loss_classifier": loss_cls, "loss_box_reg": loss_box}
-        return self.postprocess_detections(class_logits, box_regression, proposals, image_shapes), {}
+            losses = {"loss_classifier": loss_cls, "loss_box_reg": loss_box}
+            if self.has_mask() or self.has_keypoint():
+                # the mask / keypoint branches learn on the foreground RoIs only
+                pos = [torch.where(lab > 0)[0] for lab in labels]
+                pos_props = [p[i] for p, i in zip(proposals, pos)]
+                pos_idx = [m[i] for m, i in zip(matched_idxs, pos)]
+                assert targets is not None
+                if self.has_mask():
+                    logits = self.mask_predictor(self.mask_head(self.mask_roi_pool(features, pos_props, image_shapes)))
+                    losses["loss_mask"] = maskrcnn_loss(logits, pos_props, [t["masks"] for t in targets],
+                                                        [t["labels"] for t in targets], pos_idx)
+                if self.has_keypoint():
+                    logits = self.keypoint_predictor(
+                        self.keypoint_head(self.keypoint_roi_pool(features, pos_props, image_shapes)))
+                    losses["loss_keypoint"] = keypointrcnn_loss(logits, pos_props,
+                                                                [t["keypoints"] for t in targets], pos_idx)
+            return [], losses
+        result = self.postprocess_detections(class_logits, box_regression, proposals, image_shapes)
+        if self.has_mask() or self.has_keypoint():
+            boxes = [r["boxes"] for r in result]
+            if self.has_mask():
+                logits = self.mask_predictor(self.mask_head(self.mask_roi_pool(features, boxes, image_shapes)))
+                for r, m in zip(result, maskrcnn_inference(logits, [r["labels"] for r in result])):
+                    r["masks"] = m
+            if self.has_keypoint():
+                logits = self.keypoint_predictor(
+                    self.keypoint_head(self.keypoint_roi_pool(features, boxes, image_shapes)))
+                kps, kp_scores = keypointrcnn_inference(logits, boxes)
+                for r, k, s in zip(result, kps, kp_scores):
+                    r["keypoints"] = k
+                    r["keypoints_scores"] = s
+        return result, {}
 
     def select_training_samples(self, proposals: List[Tensor], targets: List[Dict[str, Tensor]]
                                 ) -> Tuple[List[Tensor], List[Tensor], List[Tensor]]:
         """Proposals (+ gt boxes) -> sampled RoIs, their labels and regression targets, per image."""
+        props, labels, regression_targets, _ = self.select_training_samples_and_matches(proposals, targets)
+        return props, labels, regression_targets
+
+    def select_training_samples_and_matches(self, proposals: List[Tensor], targets: List[Dict[str, Tensor]]
+                                            ) -> Tuple[List[Tensor], List[Tensor], List[Tensor], List[Tensor]]:
+        """As :meth:`select_training_samples`, plus each sampled RoI's matched gt index per image
+        (Tensor[R_i] int64; 0 for background RoIs and images without objects)."""
         dtype = proposals[0].dtype
-        sampled_props, sampled_labels, matched_gt = [], [], []
+        sampled_props, sampled_labels, matched_gt, sampled_idx = [], [], [], []
         labels_all, props_all, idx_all = [], [], []
         for props, target in zip(proposals, targets):
             gt = target["boxes"].to(dtype)
@@ -137,8 +201,9 @@ class RoIHeads(nn.Module):
             sampled_props.append(props[keep])
             sampled_labels.append(labels[keep])
             matched_gt.append(gt[idx[keep]])
+            sampled_idx.append(idx[keep])
         regression_targets = self.box_coder.encode(matched_gt, sampled_props)
-        return sampled_props, sampled_labels, list(regression_targets)
+        return sampled_props, sampled_labels, list(regression_targets), sampled_idx
 
     def foreground_scores(self, class_logits: Tensor) -> Tensor:
         """Tensor[R, K+1] logits -> Tensor[R, K] the foreground classes' scores (softmax)."""
