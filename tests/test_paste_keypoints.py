@@ -560,3 +560,116 @@ def test_results_do_not_depend_on_the_thread_count():
     finally:
         torch.set_num_threads(before)
     assert all(torch.equal(a, c) for a, c in zip(one, two))
+
+
+# ------------------------------------------ large results: lazily zeroed memory
+# Results of 1 MiB and more are backed by fresh anonymous memory that the OS zero-fills on
+# demand; the kernel then writes only the pixels inside the boxes (csrc/cpu/lazy_zeros_cpu.h).
+# One plane of 300 x 400 float32/float64 is below the threshold, several planes are above it.
+
+def _rss_bytes():
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * 4096
+    except OSError:
+        pytest.skip("needs /proc/self/statm (Linux)")
+
+
+def _awkward_boxes(n, H, W, gen):
+    b = random_boxes(n, H, W, gen, max_size=250)
+    b[0] = torch.tensor([-50.0, -50, -20, -20])   # outside: an all-zero plane
+    b[1] = torch.tensor([-1e7, -1e7, 1e7, 1e7])   # covers the whole image
+    b[2] = torch.tensor([5.0, 5, float("nan"), 20])
+    b[3] = torch.tensor([W - 3.5, H - 2.5, W + 40.0, H + 30.0])  # the last rows / columns only
+    return b
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_paste_masks_large_result_equals_small_results(dtype):
+    gen = torch.Generator().manual_seed(81)
+    N, H, W = 8, 300, 400
+    masks = torch.rand(N, 1, 28, 28, generator=gen).to(dtype)
+    boxes = _awkward_boxes(N, H, W, gen).float()
+    big = P.paste_masks(masks, boxes, (H, W))                                  # 3.8 MB (f32): lazy
+    small = torch.cat([P.paste_masks(masks[i:i + 1], boxes[i:i + 1], (H, W))   # 480 KB each: filled
+                       for i in range(N)])
+    assert big.is_contiguous() and big.shape == (N, 1, H, W) and big.dtype == dtype
+    assert torch.equal(big, small)
+    assert big[0].count_nonzero() == 0 and big[2].count_nonzero() == 0 and big[1].count_nonzero() > H * W // 2
+    if dtype in (torch.float32, torch.float64):
+        torch.testing.assert_close(big.double(), ref_paste_masks(masks, boxes, (H, W)), atol=1e-5, rtol=0)
+    torch.library.opcheck(torch.ops.pydetops.paste_masks.default, (masks[:1], boxes[1:2], 700, 800, 1))
+
+
+def test_paste_masks_large_result_does_not_touch_the_zeros():
+    # 40 planes of 800 x 1088 float32 = 139 MB, boxes of a few pixels: only the pages the boxes
+    # write become resident (a filled result would add the whole 139 MB to the RSS).
+    gen = torch.Generator().manual_seed(82)
+    N, H, W = 40, 800, 1088
+    masks = torch.rand(N, 1, 28, 28, generator=gen)
+    boxes = random_boxes(N, H - 10, W - 10, gen, min_size=2, max_size=6).float()
+    before = _rss_bytes()
+    out = P.paste_masks(masks, boxes, (H, W))
+    grown = _rss_bytes() - before
+    assert grown < 16 * 2 ** 20, f"RSS grew by {grown / 2 ** 20:.1f} MiB for a 139 MB mostly-zero result"
+    nz = out.count_nonzero()  # reading the untouched pages reads zeros
+    assert 0 < nz < N * 100
+    torch.testing.assert_close(out[:2].double(), ref_paste_masks(masks[:2], boxes[:2], (H, W)), atol=1e-5, rtol=0)
+
+
+def test_paste_masks_large_result_behaves_like_a_tensor(tmp_path):
+    import io
+    import numpy as np
+    gen = torch.Generator().manual_seed(83)
+    N, H, W = 6, 300, 400
+    masks = torch.rand(N, 1, 28, 28, generator=gen)
+    boxes = _awkward_boxes(N, H, W, gen).float()
+    out = P.paste_masks(masks, boxes, (H, W))
+    want = out.clone()
+    assert want.data_ptr() != out.data_ptr() and torch.equal(want, out)
+    # threshold, numpy view (shares the memory), in-place writes
+    torch.testing.assert_close(out > 0.5, want > 0.5, atol=0, rtol=0)
+    a = out.numpy()
+    a[0, 0, 10, 20] = 7.0
+    assert out[0, 0, 10, 20] == 7.0
+    np.testing.assert_array_equal(a[1:], want[1:].numpy())
+    out[0, 0, 10, 20] = 0.0
+    out.add_(1)
+    assert torch.equal(out, want + 1)
+    out.copy_(want).mul_(2)
+    assert torch.equal(out, want * 2)
+    out.div_(2)
+    assert torch.equal(out, want)
+    # save / load round trip (file and buffer), pickling via torch.save of a view
+    buf = io.BytesIO()
+    torch.save({"masks": out, "view": out[3:5, :, 100:]}, buf)
+    buf.seek(0)
+    back = torch.load(buf)
+    assert torch.equal(back["masks"], want) and torch.equal(back["view"], want[3:5, :, 100:])
+    torch.save(out, tmp_path / "m.pt")
+    assert torch.equal(torch.load(tmp_path / "m.pt"), want)
+    # the storage is resizable like any CPU tensor's (reallocates and keeps the data)
+    r = P.paste_masks(masks, boxes, (H, W))
+    r.resize_(N + 2, 1, H, W)
+    assert torch.equal(r[:N], want)
+    # moving to shared memory (what DataLoader workers / torch.multiprocessing do) keeps the data
+    s = P.paste_masks(masks, boxes, (H, W)).share_memory_()
+    assert s.is_shared() and torch.equal(s, want)
+
+
+def test_paste_masks_large_results_are_freed():
+    # Make 12 results of 56 MB, write every page of each, drop them: a leaked mapping would
+    # keep ~670 MB resident.
+    gen = torch.Generator().manual_seed(84)
+    N, H, W = 16, 800, 1088
+    masks = torch.rand(N, 1, 28, 28, generator=gen)
+    boxes = random_boxes(N, H, W, gen, max_size=300).float()
+    out = P.paste_masks(masks, boxes, (H, W)).fill_(1)
+    del out
+    before = _rss_bytes()
+    for _ in range(12):
+        out = P.paste_masks(masks, boxes, (H, W))
+        out.fill_(1)
+        del out
+    grown = _rss_bytes() - before
+    assert grown < 64 * 2 ** 20, f"RSS grew by {grown / 2 ** 20:.1f} MiB over 12 dropped 56 MB results"

@@ -7,6 +7,12 @@
 // padding read 0), zero right of it. No resized mask is materialised per RoI.
 // Each output element depends only on its own inputs, so the result does not
 // depend on the number of threads.
+//
+// Results of 1 MiB and more are allocated as lazily zeroed memory (see
+// cpu/lazy_zeros_cpu.h) and the kernel then writes only the pixels inside the
+// boxes: the pages outside them are never touched (no fault, no zeroing, no
+// write), which is most of a typical result (benchmarks/NOTES.md, "paste_masks
+// without touching the zeros"). The values are the same either way.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -19,6 +25,7 @@
 
 #include "common/checks.h"
 #include "common/paste_keypoints_math.h"
+#include "cpu/lazy_zeros_cpu.h"
 #include "cpu/parallel_grain.h"
 #include "ops/paste_keypoints.h"
 
@@ -42,7 +49,7 @@ std::vector<pk::PasteBox> integer_boxes(const at::Tensor& boxes, double scale) {
 
 template <typename scalar_t>
 void paste_masks_kernel(const at::Tensor& masks, const std::vector<pk::PasteBox>& boxes, int64_t H, int64_t W,
-                        int64_t padding, at::Tensor& out) {
+                        int64_t padding, bool out_is_zero, at::Tensor& out) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t N = masks.size(0), MH = masks.size(2), MW = masks.size(3);
   const int64_t PH = MH + 2 * padding, PW = MW + 2 * padding;  // padded mask
@@ -58,11 +65,13 @@ void paste_masks_kernel(const at::Tensor& masks, const std::vector<pk::PasteBox>
       const pk::PasteBox& b = boxes[n];
       const int64_t xs = std::max<int64_t>(b.x0, 0), xe = std::min<int64_t>(b.x1 + 1, W);
       if (!b.valid || y < b.y0 || y > b.y1 || xs >= xe) {
-        std::fill(row, row + W, scalar_t(0));
+        if (!out_is_zero) std::fill(row, row + W, scalar_t(0));
         continue;
       }
-      std::fill(row, row + xs, scalar_t(0));
-      std::fill(row + xe, row + W, scalar_t(0));
+      if (!out_is_zero) {
+        std::fill(row, row + xs, scalar_t(0));
+        std::fill(row + xe, row + W, scalar_t(0));
+      }
       // Rows of the padded mask this image row samples (taps in the padding read 0).
       const pk::LinearTap ty = pk::linear_tap(y - b.y0, PH, b.h);
       const int64_t r0 = ty.i0 - padding, r1 = ty.i1 - padding;
@@ -94,14 +103,17 @@ at::Tensor paste_masks_cpu(const at::Tensor& masks, const at::Tensor& boxes, int
                            int64_t image_width, int64_t padding) {
   check_paste_masks_args(masks, boxes, image_height, image_width, padding);
   const int64_t N = masks.size(0);
-  at::Tensor out = at::empty({N, 1, image_height, image_width}, masks.options());
+  const std::vector<int64_t> sizes{N, 1, image_height, image_width};
+  at::Tensor out = cpu::lazy_zeros_cpu(sizes, masks.dtype());
+  const bool out_is_zero = out.defined();
+  if (!out_is_zero) out = at::empty(sizes, masks.options());
   if (out.numel() == 0) return out;
   // torchvision's expand_masks: scale = (M + 2 padding) / M with M the mask width.
   const int64_t MW = masks.size(3);
   const double scale = static_cast<double>(MW + 2 * padding) / static_cast<double>(MW);
   const std::vector<pk::PasteBox> ib = integer_boxes(boxes, scale);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, masks.scalar_type(), "paste_masks_cpu", [&] {
-    paste_masks_kernel<scalar_t>(masks, ib, image_height, image_width, padding, out);
+    paste_masks_kernel<scalar_t>(masks, ib, image_height, image_width, padding, out_is_zero, out);
   });
   return out;
 }

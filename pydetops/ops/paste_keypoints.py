@@ -40,6 +40,11 @@ def paste_masks(masks: Tensor, boxes: Tensor, image_size: Tuple[int, int], paddi
     Every other pixel is 0. Each output pixel inside the box is sampled directly
     from the padded mask; nothing else is allocated.
 
+    On the CPU (Linux), results of 1 MiB and more are allocated as memory the OS
+    zero-fills on demand and only the pixels inside the boxes are written: pages
+    outside every box are never touched (they read as zeros and count in the RSS
+    only once written). The result is an ordinary, owning CPU tensor.
+
     Differences from torchvision (where it does not fail, the results are equal up
     to float rounding):
 
