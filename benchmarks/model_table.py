@@ -76,6 +76,9 @@ def run_model(name: str, a: argparse.Namespace, data: Dict[str, str]) -> Dict[st
            "--out", os.path.join(out, "train"), "--max-minutes", str(a.minutes), "--seed", "0"]
     if name in a.lr_for:
         cmd += ["--lr", str(a.lr_for[name])]
+    if name in a.backbone_for:
+        cmd += ["--backbone", a.backbone_for[name]]
+        row["backbone"] = a.backbone_for[name]
     rc = _run(cmd, os.path.join(out, "train.log"), a.threads)
     row["train_rc"] = rc
     if rc != 0:
@@ -111,8 +114,9 @@ def table(rows: List[Dict[str, Any]]) -> str:
     lines = ["| model | data | steps | train img/s | infer img/s | AP50 | AP | other | load before/after |",
              "|---|---|---:|---:|---:|---:|---:|---|---|"]
     for r in rows:
+        model = r["model"] + (f" ({r['backbone']})" if "backbone" in r else "")
         if "error" in r:
-            lines.append(f"| {r['model']} | {r['data']} | | | | | | {r['error']} | |")
+            lines.append(f"| {model} | {r['data']} | | | | | | {r['error']} | |")
             continue
         m = r["metrics"]
         other = []
@@ -120,8 +124,8 @@ def table(rows: List[Dict[str, Any]]) -> str:
             v = _metric(m, key, "AP")
             if v is not None:
                 other.append(f"{label} {v:.3f}")
-        for key, label in (("pixel_accuracy", "pixel acc"), ("mean_iou", "mIoU"), ("accuracy", "accuracy"),
-                           ("box_mean_iou", "box mIoU"), ("pck", "PCK")):
+        for key, label in (("pixel_accuracy", "pixel acc"), ("mIoU", "mIoU"), ("accuracy", "accuracy"),
+                           ("mean_IoU", "box mIoU"), ("PCK@0.2", "PCK@0.2")):
             v = _metric(m, key)
             if v is None:
                 v = _metric(m, "sem_seg", key)
@@ -129,7 +133,7 @@ def table(rows: List[Dict[str, Any]]) -> str:
                 v = _metric(m, "localization", key)
             if v is not None:
                 other.append(f"{label} {v:.3f}")
-        lines.append(f"| {r['model']} | {r['data']} | {r['steps']} | {_fmt(r['train_images_per_s'], 1)} | "
+        lines.append(f"| {model} | {r['data']} | {r['steps']} | {_fmt(r['train_images_per_s'], 1)} | "
                      f"{_fmt(_metric(m, 'fps'), 1)} | {_fmt(_metric(m, 'AP50'))} | {_fmt(_metric(m, 'AP'))} | "
                      f"{', '.join(other) or '-'} | {r['load_before']:.1f} / {r['load_after']:.1f} |")
     return "\n".join(lines)
@@ -147,6 +151,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--size", type=int, nargs=2, default=(128, 128), metavar=("H", "W"))
     p.add_argument("--lr-for", action="append", default=[], metavar="NAME=LR",
                    help="a model's --lr when its default does not suit it (repeatable)")
+    p.add_argument("--backbone-for", dest="backbone_for_", action="append", default=[], metavar="NAME=BACKBONE",
+                   help="a model's --backbone instead of its default (repeatable), e.g. faster_rcnn=tiny")
     a = p.parse_args(argv)
     lr_for = {}
     for item in a.lr_for:
@@ -155,6 +161,12 @@ def main(argv: Optional[List[str]] = None) -> int:
             p.error(f"--lr-for: expected NAME=LR, got {item!r}")
         lr_for[name] = float(lr)
     a.lr_for = lr_for
+    a.backbone_for = {}
+    for item in a.backbone_for_:
+        name, _, bb = item.partition("=")
+        if not bb:
+            p.error(f"--backbone-for: expected NAME=BACKBONE, got {item!r}")
+        a.backbone_for[name] = bb
     from pydetops.models import MODELS
     names = list(MODELS) if a.models is None else [m.strip() for m in a.models.split(",") if m.strip()]
     unknown = [m for m in names if m not in MODELS]
