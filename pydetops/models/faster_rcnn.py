@@ -30,8 +30,9 @@ import torch
 from torch import Tensor, nn
 
 from ..ops import AnchorGenerator, MultiScaleRoIAlign
-from .backbones import (FrozenBatchNorm2d, TinyCNN, BackboneWithFPN, fold_frozen_batchnorm_,
+from .backbones import (FrozenBatchNorm2d, TinyCNN, BackboneWithFPN,
                         mobilenet_v3_fpn_backbone, norm_layer_by_name, resnet_fpn_backbone)
+from .fast_paths import FastPathsMixin
 from .heads.roi_heads import FastRCNNPredictor, RoIHeads, TwoMLPHead
 from .heads.rpn import RegionProposalNetwork, RPNHead
 from .transform import DetectionTransform
@@ -75,7 +76,7 @@ def validate_targets(targets: Optional[List[Dict[str, Tensor]]], num_images: int
                                  "(needs x2 > x1 and y2 > y1)")
 
 
-class FasterRCNN(nn.Module):
+class FasterRCNN(FastPathsMixin, nn.Module):
     """Faster R-CNN from its parts (torchvision's ``FasterRCNN`` keyword arguments and defaults).
 
     ``backbone`` must have ``out_channels`` and return a Tensor or an ordered dict of feature maps.
@@ -86,7 +87,12 @@ class FasterRCNN(nn.Module):
     fused kernel keeps the lower anchor index and torchvision whatever ``torch.topk`` / its NMS
     sort returns; so it is off by default (torchvision's detections, tests/test_models_faster_rcnn.py)
     and on in :func:`faster_rcnn`.
+
+    ``use_channels_last()`` / ``optimize_for_inference()``: the opt-in CPU fast paths
+    (:mod:`pydetops.models.fast_paths`) for the backbone and the RPN head.
     """
+
+    CHANNELS_LAST_MODULES = ("backbone", "rpn.head")
 
     def __init__(self, backbone: nn.Module, num_classes: Optional[int] = None,
                  # transform
@@ -141,7 +147,6 @@ class FasterRCNN(nn.Module):
             box_roi_pool, box_head, box_predictor, box_fg_iou_thresh, box_bg_iou_thresh, box_batch_size_per_image,
             box_positive_fraction, bbox_reg_weights, box_score_thresh, box_nms_thresh, box_detections_per_img,
             bg_iou_low=box_bg_iou_low)
-        self.channels_last = False
 
     def forward(self, images: List[Tensor], targets: Optional[List[Dict[str, Tensor]]] = None):
         if not isinstance(images, (list, tuple)) or len(images) == 0:
@@ -152,10 +157,7 @@ class FasterRCNN(nn.Module):
         # 1. normalise, resize, batch
         image_list, targets = self.transform(images, targets)
         # 2. shared features
-        x = image_list.tensors
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        features = self.backbone(x)
+        features = self.backbone(self.to_memory_format(image_list.tensors))
         if isinstance(features, Tensor):
             features = OrderedDict([("0", features)])
         # 3. region proposals
@@ -166,25 +168,6 @@ class FasterRCNN(nn.Module):
             return {**detector_losses, **proposal_losses}
         # 5. back to the input images' pixels
         return self.transform.postprocess(detections, image_list.image_sizes, original_sizes)
-
-    def use_channels_last(self, enabled: bool = True) -> "FasterRCNN":
-        """Run the backbone and the RPN head in channels-last memory format (NHWC), training or
-        inference: on CPU oneDNN's convolutions are faster so, and the RoI ops read it in place."""
-        fmt = torch.channels_last if enabled else torch.contiguous_format
-        self.channels_last = enabled
-        self.backbone.to(memory_format=fmt)
-        self.rpn.head.to(memory_format=fmt)
-        return self
-
-    def optimize_for_inference(self, channels_last: bool = True, fold_batchnorm: bool = True) -> "FasterRCNN":
-        """Eval mode, backbone BatchNorm folded into the convs, channels-last backbone and RPN head.
-        Inference only (the folded model's ``state_dict`` keys differ). Returns self."""
-        self.eval()
-        if fold_batchnorm:
-            fold_frozen_batchnorm_(self.backbone)
-        if channels_last:
-            self.use_channels_last(True)
-        return self
 
 
 # ---------------------------------------------------------------------------

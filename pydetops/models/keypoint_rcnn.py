@@ -66,6 +66,8 @@ class KeypointRCNN(FasterRCNN):
     (``KeypointRCNNPredictor(512, num_keypoints)``) and ``num_keypoints`` (17 when None)).
     """
 
+    CHANNELS_LAST_MODULES = FasterRCNN.CHANNELS_LAST_MODULES + ("roi_heads.keypoint_head",)  # its FCN too
+
     target_fields = ("keypoints",)
 
     def __init__(self, backbone: nn.Module, num_classes: Optional[int] = None, min_size=None,
@@ -105,13 +107,6 @@ class KeypointRCNN(FasterRCNN):
             validate_targets(targets, len(images), self.num_classes)
             validate_keypoint_targets(targets, self.num_keypoints)
         return super().forward(images, targets)
-
-    def use_channels_last(self, enabled: bool = True) -> "KeypointRCNN":
-        """As ``FasterRCNN.use_channels_last``, plus the keypoint FCN (its convs then run NHWC)."""
-        super().use_channels_last(enabled)
-        fmt = torch.channels_last if enabled else torch.contiguous_format
-        self.roi_heads.keypoint_head.to(memory_format=fmt)
-        return self
 
 
 def keypointrcnn_resnet50_fpn(*, weights=None, progress: bool = True, num_classes: Optional[int] = None,

@@ -64,6 +64,8 @@ class MaskRCNN(FasterRCNN):
     ``mask_predictor`` (default ``MaskRCNNPredictor(256, 256, num_classes)``)).
     """
 
+    CHANNELS_LAST_MODULES = FasterRCNN.CHANNELS_LAST_MODULES + ("roi_heads.mask_head",)  # its FCN too
+
     target_fields = ("masks",)
 
     def __init__(self, backbone: nn.Module, num_classes: Optional[int] = None, *args,
@@ -89,13 +91,6 @@ class MaskRCNN(FasterRCNN):
             validate_targets(targets, len(images), self.num_classes)
             validate_mask_targets(images, targets)
         return super().forward(images, targets)
-
-    def use_channels_last(self, enabled: bool = True) -> "MaskRCNN":
-        """As ``FasterRCNN.use_channels_last``, plus the mask FCN (its convs then run NHWC)."""
-        super().use_channels_last(enabled)
-        fmt = torch.channels_last if enabled else torch.contiguous_format
-        self.roi_heads.mask_head.to(memory_format=fmt)
-        return self
 
 
 def maskrcnn_resnet50_fpn(*, weights=None, progress: bool = True, num_classes: Optional[int] = None,

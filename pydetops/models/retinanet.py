@@ -45,7 +45,8 @@ from torch import Tensor, nn
 from ..ops import AnchorGenerator, BoxCoder, detection_postprocess
 from .assign import BETWEEN_THRESHOLDS, match
 from .backbones import (BackboneWithFPN, ConvNormAct, FrozenBatchNorm2d, LastLevelP6P7, TinyCNN,
-                        fold_frozen_batchnorm_, norm_layer_by_name, resnet_fpn_backbone)
+                        norm_layer_by_name, resnet_fpn_backbone)
+from .fast_paths import FastPathsMixin
 from .faster_rcnn import _load_backbone, _load_weights, _trainable_layers, validate_targets
 from .losses import focal_loss, giou_loss, smooth_l1_loss
 from .transform import DetectionTransform
@@ -227,7 +228,7 @@ def logit_threshold(score_thresh: float, dtype: torch.dtype, device: torch.devic
 # ---------------------------------------------------------------------------
 
 
-class RetinaNet(nn.Module):
+class RetinaNet(FastPathsMixin, nn.Module):
     """RetinaNet from its parts, torchvision's ``RetinaNet`` keyword arguments and defaults.
 
     Args:
@@ -243,6 +244,8 @@ class RetinaNet(nn.Module):
             "giou" (1 - GIoU of the decoded boxes).
         focal_alpha, focal_gamma: the focal loss.
     """
+
+    CHANNELS_LAST_MODULES = ("backbone", "head")  # use_channels_last / optimize_for_inference: fast_paths.py
 
     def __init__(self, backbone: nn.Module, num_classes: int, min_size=800, max_size: int = 1333,
                  image_mean: Optional[List[float]] = None, image_std: Optional[List[float]] = None,
@@ -289,7 +292,6 @@ class RetinaNet(nn.Module):
         self.nms_thresh = nms_thresh
         self.detections_per_img = detections_per_img
         self.topk_candidates = topk_candidates
-        self.channels_last = False
 
     def forward(self, images: List[Tensor], targets: Optional[List[Dict[str, Tensor]]] = None):
         if not isinstance(images, (list, tuple)) or len(images) == 0:
@@ -305,10 +307,7 @@ class RetinaNet(nn.Module):
         # 1. normalise, resize, batch
         image_list, targets = self.transform(images, targets)
         # 2. the pyramid
-        x = image_list.tensors
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        features = self.backbone(x)
+        features = self.backbone(self.to_memory_format(image_list.tensors))
         features = [features] if isinstance(features, Tensor) else list(features.values())
         # 3. anchors (the same for every image of the padded batch)
         anchors = self.anchor_generator(image_list, features)
@@ -390,25 +389,6 @@ class RetinaNet(nn.Module):
         return out
 
     # -- inference speed-ups -------------------------------------------------------------------------
-
-    def use_channels_last(self, enabled: bool = True) -> "RetinaNet":
-        """Backbone, FPN and both subnets in channels-last memory format (NHWC): oneDNN's convolutions
-        are faster so on a CPU, and the subnets' outputs are then already in the anchors' order."""
-        fmt = torch.channels_last if enabled else torch.contiguous_format
-        self.channels_last = enabled
-        self.backbone.to(memory_format=fmt)
-        self.head.to(memory_format=fmt)
-        return self
-
-    def optimize_for_inference(self, channels_last: bool = True, fold_batchnorm: bool = True) -> "RetinaNet":
-        """Eval mode, the backbone's BatchNorm folded into its convs, channels-last. Inference only
-        (the folded model's ``state_dict`` keys differ). Returns self."""
-        self.eval()
-        if fold_batchnorm:
-            fold_frozen_batchnorm_(self.backbone)
-        if channels_last:
-            self.use_channels_last(True)
-        return self
 
 
 # ---------------------------------------------------------------------------

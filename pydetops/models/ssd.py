@@ -45,6 +45,7 @@ from torch import Tensor, nn
 from ..ops import BoxCoder, DefaultBoxGenerator, detection_postprocess_padded
 from .assign import match_with_best_per_gt
 from .backbones import ConvNormAct, TinyCNN, norm_layer_by_name, vgg16_features
+from .fast_paths import FastPathsMixin
 from .faster_rcnn import _load_weights, _trainable_layers, validate_targets
 from .losses import smooth_l1_loss
 from .transform import DetectionTransform
@@ -278,7 +279,7 @@ def hard_negative_mining(cls_loss: Tensor, positive: Tensor, neg_to_pos_ratio: f
 # ---------------------------------------------------------------------------
 
 
-class SSD(nn.Module):
+class SSD(FastPathsMixin, nn.Module):
     """SSD from its parts (torchvision's ``SSD`` arguments and defaults).
 
     Args:
@@ -293,6 +294,8 @@ class SSD(nn.Module):
         iou_thresh: the matching IoU (0.5); topk_candidates: per class before NMS (400);
         positive_fraction: 0.25, i.e. 3 hard negatives per positive.
     """
+
+    CHANNELS_LAST_MODULES = ("backbone", "head")  # use_channels_last / optimize_for_inference: fast_paths.py
 
     def __init__(self, backbone: nn.Module, anchor_generator: DefaultBoxGenerator, size: Tuple[int, int],
                  num_classes: int, image_mean: Optional[List[float]] = None, image_std: Optional[List[float]] = None,
@@ -333,7 +336,6 @@ class SSD(nn.Module):
         self.iou_thresh = iou_thresh
         self.topk_candidates = topk_candidates
         self.neg_to_pos_ratio = (1.0 - positive_fraction) / positive_fraction
-        self.channels_last = False
 
     def forward(self, images: List[Tensor], targets: Optional[List[Dict[str, Tensor]]] = None):
         if not isinstance(images, (list, tuple)) or len(images) == 0:
@@ -348,10 +350,7 @@ class SSD(nn.Module):
         # 1. normalise, resize to the fixed size
         image_list, targets = self.transform(images, targets)
         # 2. feature maps
-        x = image_list.tensors
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        features = self.backbone(x)
+        features = self.backbone(self.to_memory_format(image_list.tensors))
         feature_list = [features] if isinstance(features, Tensor) else list(features.values())
         # 3. default boxes, 4. scores and offsets per default box
         head_outputs = self.head(feature_list)
@@ -445,21 +444,6 @@ class SSD(nn.Module):
             idx = columns.topk(k, dim=1, sorted=False).indices
         capped = torch.full_like(columns, -math.inf).scatter_(1, idx, columns.gather(1, idx))
         by_class[img, cls] = capped
-
-    def use_channels_last(self, enabled: bool = True) -> "SSD":
-        """Run the backbone and the head in channels-last memory format (NHWC): oneDNN's CPU convs
-        are faster so. The detections agree with the default format's to float rounding."""
-        fmt = torch.channels_last if enabled else torch.contiguous_format
-        self.channels_last = enabled
-        self.backbone.to(memory_format=fmt)
-        self.head.to(memory_format=fmt)
-        return self
-
-    def optimize_for_inference(self, channels_last: bool = True) -> "SSD":
-        """Eval mode and (by default) the channels-last backbone and head: SSD300 ran 1.3x faster on a
-        2-core CPU (benchmarks/RESULTS.md), boxes within 1.3e-3 px of the default format's. Returns self."""
-        self.eval()
-        return self.use_channels_last(channels_last)
 
 
 # ---------------------------------------------------------------------------
