@@ -17,7 +17,8 @@ DistributedDataParallel (gloo on CPU, nccl on CUDA). ``--batch-size`` is per pro
 global order of images depends only on ``--seed`` and the epoch, so N processes with
 batch B see the same global batches as one process with batch N * B.
 
-Optimiser: SGD (momentum 0.9, weight decay 1e-4), linear warm-up over the first
+Optimiser: SGD (momentum 0.9, weight decay 1e-4; ``--lr`` defaults to the constructor's
+``default_lr`` attribute where it has one, else 0.01), linear warm-up over the first
 ``--warmup-steps`` steps, then (when ``--epochs`` is given) cosine decay to 5% of ``--lr``.
 """
 import argparse
@@ -77,7 +78,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=None, help="default 10, or unlimited with --max-minutes")
     p.add_argument("--max-minutes", type=float, default=None)
     p.add_argument("--batch-size", type=int, default=2, help="images per process")
-    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--lr", type=float, default=None,
+                   help="SGD learning rate (default: the model's default_lr, else 0.01)")
     p.add_argument("--warmup-steps", type=int, default=100)
     p.add_argument("--backbone", default=None, help="passed to the model constructor as backbone=")
     p.add_argument("--image-size", type=int, default=None, help="passed to the model constructor as image_size=")
@@ -95,7 +97,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         p.error("--max-minutes must be > 0")
     if a.batch_size < 1:
         p.error("--batch-size must be >= 1")
-    if not (a.lr > 0 and math.isfinite(a.lr)):
+    if a.lr is not None and not (a.lr > 0 and math.isfinite(a.lr)):
         p.error("--lr must be a positive number")
     if a.workers < 0:
         p.error("--workers must be >= 0")
@@ -227,6 +229,8 @@ def _train(a: argparse.Namespace, dist: "_Dist") -> int:
     if a.model not in models:
         raise UsageError(f"--model: unknown model {a.model!r} (models: {', '.join(sorted(models))})")
     ctor = models[a.model]
+    if a.lr is None:  # a constructor may name the rate its CPU-sized default trains at
+        a.lr = float(getattr(ctor, "default_lr", 0.01))
     want_masks = a.model in _NEEDS_MASKS or "masks" in getattr(ctor, "target_fields", ())
     want_kps = a.model in _NEEDS_KEYPOINTS or "keypoints" in getattr(ctor, "target_fields", ())
     train_raw = CocoDetection(a.train_images, a.train_annotations, masks=want_masks, keypoints=want_kps,

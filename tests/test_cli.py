@@ -381,3 +381,14 @@ def test_faster_rcnn_train_evaluate_predict(tmp_path):
                          "--score-threshold", "0.0", str(d / "images" / "000001.png")]) == 0
     p = json.loads((tmp_path / "pr" / "predictions.json").read_text())
     assert all(det["category_id"] in (1, 3, 7) and len(det["bbox"]) == 4 for det in p[0]["detections"])
+
+
+def test_lr_defaults_to_the_models_default_lr():
+    from pydetops.models import MODELS
+    from pydetops.train import parse_args
+    a = parse_args(["--model", "keypoint_rcnn", "--train-images", "x", "--train-annotations", "y", "--out", "z"])
+    assert a.lr is None  # resolved by train() from the constructor
+    assert MODELS["keypoint_rcnn"].default_lr == 0.005
+    assert getattr(MODELS["faster_rcnn"], "default_lr", 0.01) == 0.01
+    assert parse_args(["--model", "m", "--train-images", "x", "--train-annotations", "y", "--out", "z",
+                       "--lr", "0.2"]).lr == 0.2

@@ -152,3 +152,8 @@ def keypoint_rcnn(num_classes: int, num_keypoints: int = 5, backbone: str = "res
     model.roi_heads.keypoint_predictor = KeypointRCNNPredictor(keypoint_channels, num_keypoints)
     _load_weights(model, weights)
     return model
+
+
+# The CLI's SGD rate for the small model: its 56 x 56-way keypoint cross-entropy (~8 at the start)
+# diverged at 0.01 with 2 images per step on the synthetic data; 0.005 trains (benchmarks/RESULTS.md).
+keypoint_rcnn.default_lr = 0.005
