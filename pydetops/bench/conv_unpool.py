@@ -1,6 +1,6 @@
-"""Benchmarks of conv_transpose2d and the unpooling ops against torch's own CPU ops
-(torchvision has none of them): F.conv_transpose2d (oneDNN), F.max_unpool2d,
-F.interpolate(mode='nearest'), and for bed-of-nails a zero-fill + strided copy."""
+"""Benchmarks of conv_transpose2d, the Winograd 3x3 convolution and the unpooling ops against
+torch's own CPU ops (torchvision has none of them): F.conv_transpose2d / F.conv2d (oneDNN),
+F.max_unpool2d, F.interpolate(mode='nearest'), and for bed-of-nails a zero-fill + strided copy."""
 from typing import List
 
 import torch
@@ -35,8 +35,36 @@ def _conv_cases(device: str, label: str, n, cin, cout, k, s, p, hw, bias: bool) 
     return cases
 
 
+def _winograd_case(device: str, label: str, n, c, k, h, w) -> List[Case]:
+    # Inference, as the detectors' fast path runs it: channels-last float32, bias + ReLU fused
+    # (torch's side: oneDNN's direct conv2d then an in-place ReLU).
+    if device != "cpu":
+        return []  # CPU only: on CUDA cuDNN picks Winograd itself
+    x = torch.randn(n, c, h, w).contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(k, c, 3, 3) / (9 * c) ** 0.5
+    bias = torch.randn(k)
+    packed = ops.winograd_weight(weight)
+
+    def ours():
+        with torch.no_grad():
+            return ops.conv3x3_winograd(x, packed, bias, None, "relu")
+
+    def theirs():
+        with torch.no_grad():
+            return F.conv2d(x, weight, bias, padding=1).relu_()
+    return [Case("conv3x3_winograd", f"{label} {n}x{c}->{k} {h}x{w} +ReLU f32 NHWC", ours, theirs,
+                 f"torch {torch.__version__.split('+')[0]} F.conv2d (oneDNN direct)", device)]
+
+
 def cases(device: str, quick: bool) -> List[Case]:
     out: List[Case] = []
+    if quick:
+        out += _winograd_case(device, "tiny", 1, 128, 128, 12, 16)
+    else:
+        out += _winograd_case(device, "FPN P4 / R50 layer3", 1, 256, 256, 50, 68)
+        out += _winograd_case(device, "FPN P2 / RPN head", 1, 256, 256, 200, 272)
+        out += _winograd_case(device, "keypoint head, 54 RoIs", 54, 512, 512, 14, 14)
+        out += _winograd_case(device, "R50 layer4", 1, 512, 512, 25, 34)
     if quick:
         out += _conv_cases(device, "2x16->8 k4 s2 p1 16x16 f32", 2, 16, 8, 4, 2, 1, 16, True)
     else:

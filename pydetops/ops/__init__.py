@@ -27,10 +27,12 @@ from .roi import *  # noqa: F401,F403
 from .roi import __all__ as _roi_all
 from .unpool import *  # noqa: F401,F403
 from .unpool import __all__ as _unpool_all
+from .winograd import *  # noqa: F401,F403
+from .winograd import __all__ as _winograd_all
 
 __all__ = list(_boxes_all) + list(_nms_all) + list(_anchors_coding_all) + list(_psroi_spp_all) + list(_roi_all)
 __all__ += list(_conv_transpose_all) + list(_unpool_all) + list(_detection_all)
-__all__ += list(_paste_keypoints_all)
+__all__ += list(_paste_keypoints_all) + list(_winograd_all)
 
 
 def registered_op_names() -> List[str]:
