@@ -34,13 +34,15 @@
 namespace pydetops {
 namespace {
 
-// Tiles per block: V and M of one block about 8 MiB together (64 tiles at
-// 512 channels, 256 at 128). Each block streams all of U (16 C K values) once,
-// so fewer tiles per block make the GEMMs bound by reading U (measured: 16
-// tiles at 512 channels ran no faster than the direct convolution).
+// Tiles per block: V and M of one block about 4 MiB together (32 tiles at
+// 512 channels, 128 at 128). Each block's GEMMs stream all of U (16 C K
+// values) once, so small blocks make them bound by reading U and by the
+// GEMMs' fixed costs; large ones spill V and M from the caches. Measured on a
+// 2 MiB-L2 Xeon, 1 thread (benchmarks/NOTES.md): 0.5 MiB ran 0.8-1.1x the
+// direct convolution, 1 MiB 1.1-1.4x, 2 MiB 1.5x, 4 MiB 1.5-1.6x, 8 MiB 1.4-1.7x.
 int64_t tiles_per_block(int64_t C, int64_t K, int64_t elem_size) {
   const int64_t per_tile = 16 * (C + K) * elem_size;
-  return std::clamp<int64_t>((int64_t(8) << 20) / per_tile, 32, 512);
+  return std::clamp<int64_t>((int64_t(4) << 20) / per_tile, 32, 1024);
 }
 
 template <typename scalar_t>
