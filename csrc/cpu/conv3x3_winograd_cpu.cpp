@@ -34,8 +34,8 @@
 namespace pydetops {
 namespace {
 
-// Tiles per block: V and M of one block about 4 MiB together (32 tiles at
-// 512 channels, 128 at 128). Each block's GEMMs stream all of U (16 C K
+// Tiles per block: V and M of one block about 4 MiB together (64 tiles at
+// 512 channels, 256 at 128). Each block's GEMMs stream all of U (16 C K
 // values) once, so small blocks make them bound by reading U and by the
 // GEMMs' fixed costs; large ones spill V and M from the caches. Measured on a
 // 2 MiB-L2 Xeon, 1 thread (benchmarks/NOTES.md): 0.5 MiB ran 0.8-1.1x the
