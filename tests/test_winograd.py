@@ -108,6 +108,12 @@ def test_large_values_and_non_finite_inputs():
     got = run(x, torch.randn(2, 3, 3, 3))
     want = F.conv2d(x, torch.ones(2, 3, 3, 3), padding=1)  # the outputs that see a non-finite input
     assert torch.equal(torch.isfinite(got), torch.isfinite(want))
+    # ReLU of -inf is 0, of +inf is +inf, of NaN is NaN (torch.relu)
+    w = torch.zeros(3, 1, 3, 3)
+    w[:, 0, 1, 1] = torch.tensor([1.0, -1.0, 1.0])
+    x = torch.tensor([float("inf"), 2.0, float("nan")]).view(1, 1, 1, 3)
+    got = P.conv3x3_winograd(x, P.winograd_weight(w), None, None, "relu")
+    torch.testing.assert_close(got, torch.relu(F.conv2d(x, w, padding=1)), equal_nan=True)
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
@@ -138,8 +144,9 @@ def test_winograd_weight_is_g_g_gt():
 
 def test_winograd_applies():
     assert P.winograd_applies(nn.Conv2d(256, 256, 3, padding=1))
-    assert not P.winograd_applies(nn.Conv2d(64, 64, 3, padding=1))          # too few channels to pay
-    assert P.winograd_applies(nn.Conv2d(64, 64, 3, padding=1), min_channels=1)
+    assert P.winograd_applies(nn.Conv2d(64, 128, 3, padding=1))
+    assert not P.winograd_applies(nn.Conv2d(32, 64, 3, padding=1))          # too few channels to pay
+    assert P.winograd_applies(nn.Conv2d(32, 32, 3, padding=1), min_channels=1)
     assert not P.winograd_applies(nn.Conv2d(256, 256, 3, padding=1, stride=2))
     assert not P.winograd_applies(nn.Conv2d(256, 256, 3, padding=2, dilation=2))
     assert not P.winograd_applies(nn.Conv2d(256, 256, 3, padding=1, groups=2))

@@ -20,10 +20,10 @@
 // (typically within a few ulps of the float32 result times the sum of |terms|).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <ATen/cpu/vec/vec.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstring>
 #include <cstdint>
 #include <vector>
 
@@ -45,80 +45,119 @@ int64_t tiles_per_block(int64_t C, int64_t K, int64_t elem_size) {
   return std::clamp<int64_t>((int64_t(4) << 20) / per_tile, 32, 1024);
 }
 
-template <typename scalar_t>
-void input_transform(const scalar_t* x, int64_t H, int64_t W, int64_t C, int64_t y0, int64_t x0, scalar_t* v,
-                     int64_t stride_e) {
-  // v[e * stride_e + c] for e = 4 * i + j: (B^T d B)[i][j] of the patch rows y0..y0+3, cols x0..x0+3.
-  using Vec = at::vec::Vectorized<scalar_t>;
-  const scalar_t* rows[4];
-  bool row_in[4], col_in[4];
-  for (int i = 0; i < 4; ++i) {
-    row_in[i] = y0 + i >= 0 && y0 + i < H;
-    col_in[i] = x0 + i >= 0 && x0 + i < W;
-    rows[i] = row_in[i] ? x + (y0 + i) * W * C : nullptr;
+// The transforms run over the channels (unit stride in NHWC) in GCC vector
+// extensions of 64 bytes, in functions compiled for AVX-512, AVX2 and the
+// baseline ISA (the loader picks what the CPU has; the baseline splits a
+// vector into SSE registers). GCC does not vectorise the plain loops itself
+// (32 data streams per iteration).
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define PYDETOPS_WINOGRAD_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define PYDETOPS_WINOGRAD_CLONES
+#endif
+#if defined(__GNUC__)
+#define PYDETOPS_INLINE inline __attribute__((always_inline))
+#else
+#define PYDETOPS_INLINE inline
+#endif
+
+template <typename T>
+struct Simd;
+#if defined(__GNUC__)
+template <>
+struct Simd<float> {
+  typedef float V __attribute__((vector_size(64)));
+};
+template <>
+struct Simd<double> {
+  typedef double V __attribute__((vector_size(64)));
+};
+#else
+template <>
+struct Simd<float> {
+  typedef float V;
+};
+template <>
+struct Simd<double> {
+  typedef double V;
+};
+#endif
+
+template <typename V, typename T>
+PYDETOPS_INLINE V load(const T* p) {
+  V x;
+  std::memcpy(&x, p, sizeof(V));
+  return x;
+}
+
+template <typename V, typename T>
+PYDETOPS_INLINE void store(T* p, const V& x) {
+  std::memcpy(p, &x, sizeof(V));
+}
+
+// v[e * stride_e + c .. + lanes] = (B^T d B)[e], e = 4 i + j, d[i][j] = src[4 i + j][c ..] (a pixel's
+// channels in the image, or zeros for the padding). V is a vector of lanes values or one T.
+template <typename V, typename T>
+PYDETOPS_INLINE void input_step(const T* const* src, int64_t c, T* v, int64_t stride_e) {
+  V t[4][4];  // B^T d: rows combined, per column j
+  for (int j = 0; j < 4; ++j) {
+    const V d0 = load<V>(src[j] + c), d1 = load<V>(src[4 + j] + c);
+    const V d2 = load<V>(src[8 + j] + c), d3 = load<V>(src[12 + j] + c);
+    t[0][j] = d0 - d2;
+    t[1][j] = d1 + d2;
+    t[2][j] = d2 - d1;
+    t[3][j] = d1 - d3;
   }
-  int64_t c = 0;
-  auto body = [&](auto load, auto store, int64_t c0) {
-    Vec d[4][4];
-    for (int i = 0; i < 4; ++i)
-      for (int j = 0; j < 4; ++j)
-        d[i][j] = (row_in[i] && col_in[j]) ? load(rows[i] + (x0 + j) * C + c0) : Vec(scalar_t(0));
-    Vec t[4][4];  // B^T d: rows
-    for (int j = 0; j < 4; ++j) {
-      t[0][j] = d[0][j] - d[2][j];
-      t[1][j] = d[1][j] + d[2][j];
-      t[2][j] = d[2][j] - d[1][j];
-      t[3][j] = d[1][j] - d[3][j];
-    }
-    for (int i = 0; i < 4; ++i) {  // (B^T d) B: columns
-      store(v + (4 * i + 0) * stride_e + c0, t[i][0] - t[i][2]);
-      store(v + (4 * i + 1) * stride_e + c0, t[i][1] + t[i][2]);
-      store(v + (4 * i + 2) * stride_e + c0, t[i][2] - t[i][1]);
-      store(v + (4 * i + 3) * stride_e + c0, t[i][1] - t[i][3]);
-    }
-  };
-  for (; c + Vec::size() <= C; c += Vec::size())
-    body([](const scalar_t* p) { return Vec::loadu(p); }, [](scalar_t* p, Vec a) { a.store(p); }, c);
-  if (c < C) {
-    const int64_t n = C - c;
-    body([n](const scalar_t* p) { return Vec::loadu(p, n); }, [n](scalar_t* p, Vec a) { a.store(p, n); }, c);
+  for (int i = 0; i < 4; ++i) {  // (B^T d) B: columns combined
+    store(v + (4 * i + 0) * stride_e + c, t[i][0] - t[i][2]);
+    store(v + (4 * i + 1) * stride_e + c, t[i][1] + t[i][2]);
+    store(v + (4 * i + 2) * stride_e + c, t[i][2] - t[i][1]);
+    store(v + (4 * i + 3) * stride_e + c, t[i][1] - t[i][3]);
   }
 }
 
-template <typename scalar_t>
-void output_transform(const scalar_t* m, int64_t stride_e, int64_t K, const scalar_t* bias, const scalar_t* residual,
-                      bool relu, scalar_t* y, int64_t H, int64_t W, int64_t oy, int64_t ox) {
-  // Y = A^T M A (2x2) + bias (+ residual), ReLU; written where inside the image.
-  using Vec = at::vec::Vectorized<scalar_t>;
-  const bool row1 = oy + 1 < H, col1 = ox + 1 < W;
-  auto body = [&](auto load, auto store, int64_t k) {
-    Vec s[2][4];
-    for (int j = 0; j < 4; ++j) {
-      const Vec m0 = load(m + (0 + j) * stride_e + k), m1 = load(m + (4 + j) * stride_e + k);
-      const Vec m2 = load(m + (8 + j) * stride_e + k), m3 = load(m + (12 + j) * stride_e + k);
-      s[0][j] = m0 + m1 + m2;
-      s[1][j] = m1 - m2 - m3;
-    }
-    const Vec b = bias ? load(bias + k) : Vec(scalar_t(0));
-    for (int i = 0; i < 2; ++i) {
-      if (i == 1 && !row1) break;
-      for (int j = 0; j < 2; ++j) {
-        if (j == 1 && !col1) break;
-        Vec out = (j == 0 ? s[i][0] + s[i][1] + s[i][2] : s[i][1] - s[i][2] - s[i][3]) + b;
-        const int64_t offset = ((oy + i) * W + (ox + j)) * K + k;
-        if (residual) out = out + load(residual + offset);
-        if (relu) out = at::vec::clamp_min(out, Vec(scalar_t(0)));
-        store(y + offset, out);
-      }
-    }
-  };
-  int64_t k = 0;
-  for (; k + Vec::size() <= K; k += Vec::size())
-    body([](const scalar_t* p) { return Vec::loadu(p); }, [](scalar_t* p, Vec a) { a.store(p); }, k);
-  if (k < K) {
-    const int64_t n = K - k;
-    body([n](const scalar_t* p) { return Vec::loadu(p, n); }, [n](scalar_t* p, Vec a) { a.store(p, n); }, k);
+template <typename T>
+PYDETOPS_WINOGRAD_CLONES void input_transform(const T* const* src, int64_t C, T* v, int64_t stride_e) {
+  using V = typename Simd<T>::V;
+  constexpr int64_t lanes = sizeof(V) / sizeof(T);
+  int64_t c = 0;
+  for (; c + lanes <= C; c += lanes) input_step<V>(src, c, v, stride_e);
+  for (; c < C; ++c) input_step<T>(src, c, v, stride_e);
+}
+
+// dst[q][k ..] = act((A^T M A)[q] + bias[k ..] + res[q][k ..]) for the 2x2 outputs q = 2 i + j, where
+// M[e] = m[e * stride_e + k ..]. dst / res point into the output / residual, or to scratch and
+// zeros where the tile crosses the image's edge or there is no residual.
+template <typename V, bool kRelu, typename T>
+PYDETOPS_INLINE void output_step(const T* m, int64_t stride_e, int64_t k, const T* bias, const T* const* res,
+                                 T* const* dst) {
+  V u[4], w[4];  // A^T M: rows combined, per column j
+  for (int j = 0; j < 4; ++j) {
+    const V m0 = load<V>(m + j * stride_e + k), m1 = load<V>(m + (4 + j) * stride_e + k);
+    const V m2 = load<V>(m + (8 + j) * stride_e + k), m3 = load<V>(m + (12 + j) * stride_e + k);
+    u[j] = m0 + m1 + m2;
+    w[j] = m1 - m2 - m3;
   }
+  const V b = load<V>(bias + k);
+  V y[4] = {u[0] + u[1] + u[2], u[1] - u[2] - u[3], w[0] + w[1] + w[2], w[1] - w[2] - w[3]};
+  for (int q = 0; q < 4; ++q) {
+    V out = y[q] + b + load<V>(res[q] + k);
+    if (kRelu) {
+      const V zero{};
+      out = out < zero ? zero : out;  // NaN stays NaN (the comparison is false), as torch.relu
+    }
+    store(dst[q] + k, out);
+  }
+}
+
+template <typename T, bool kRelu>
+PYDETOPS_WINOGRAD_CLONES void output_transform(const T* m, int64_t stride_e, int64_t K, const T* bias,
+                                               const T* const* res, T* const* dst) {
+  using V = typename Simd<T>::V;
+  constexpr int64_t lanes = sizeof(V) / sizeof(T);
+  int64_t k = 0;
+  for (; k + lanes <= K; k += lanes) output_step<V, kRelu>(m, stride_e, k, bias, res, dst);
+  for (; k < K; ++k) output_step<T, kRelu>(m, stride_e, k, bias, res, dst);
 }
 
 at::Tensor conv3x3_winograd_cpu(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
@@ -154,22 +193,43 @@ at::Tensor conv3x3_winograd_cpu(const at::Tensor& input, const at::Tensor& weigh
     at::parallel_for(0, blocks, cpu::grain_for_total(blocks, work), [&](int64_t begin, int64_t end) {
       at::Tensor v = at::empty({16, block, C}, x.options().memory_format(at::MemoryFormat::Contiguous));
       at::Tensor m = at::empty({16, block, K}, x.options().memory_format(at::MemoryFormat::Contiguous));
+      // zeros (padding, no bias, no residual) and scratch (outputs outside the image)
+      std::vector<scalar_t> zeros(static_cast<size_t>(std::max(C, K)), scalar_t(0));
+      std::vector<scalar_t> scratch(static_cast<size_t>(K));
+      const scalar_t* bias_or_zeros = bp ? bp : zeros.data();
       for (int64_t blk = begin; blk < end; ++blk) {
         const int64_t t0 = blk * block, nt = std::min(block, tiles - t0);
         scalar_t* vp = v.mutable_data_ptr<scalar_t>();
         for (int64_t i = 0; i < nt; ++i) {
           const int64_t t = t0 + i, n = t / (tiles_h * tiles_w), rem = t % (tiles_h * tiles_w);
-          const int64_t ty = rem / tiles_w, tx = rem % tiles_w;
-          input_transform(xp + n * H * W * C, H, W, C, 2 * ty - 1, 2 * tx - 1, vp + i * C, block * C);
+          const int64_t iy = 2 * (rem / tiles_w) - 1, ix = 2 * (rem % tiles_w) - 1;  // patch origin
+          const scalar_t* src[16];
+          for (int a = 0; a < 4; ++a)
+            for (int c = 0; c < 4; ++c) {
+              const bool inside = iy + a >= 0 && iy + a < H && ix + c >= 0 && ix + c < W;
+              src[4 * a + c] = inside ? xp + ((n * H + iy + a) * W + ix + c) * C : zeros.data();
+            }
+          input_transform<scalar_t>(src, C, vp + i * C, block * C);
         }
         at::Tensor vv = v.narrow(1, 0, nt), mv = m.narrow(1, 0, nt);
         at::bmm_out(mv, vv, u);
         const scalar_t* mp = m.const_data_ptr<scalar_t>();
         for (int64_t i = 0; i < nt; ++i) {
           const int64_t t = t0 + i, n = t / (tiles_h * tiles_w), rem = t % (tiles_h * tiles_w);
-          const int64_t ty = rem / tiles_w, tx = rem % tiles_w;
-          output_transform(mp + i * K, block * K, K, bp, rp ? rp + n * H * W * K : nullptr, relu,
-                           yp + n * H * W * K, H, W, 2 * ty, 2 * tx);
+          const int64_t oy = 2 * (rem / tiles_w), ox = 2 * (rem % tiles_w);
+          scalar_t* dst[4];
+          const scalar_t* res[4];
+          for (int q = 0; q < 4; ++q) {
+            const int64_t yy = oy + q / 2, xx = ox + q % 2;
+            const bool inside = yy < H && xx < W;
+            const int64_t offset = ((n * H + yy) * W + xx) * K;
+            dst[q] = inside ? yp + offset : scratch.data();
+            res[q] = (inside && rp) ? rp + offset : zeros.data();
+          }
+          if (relu)
+            output_transform<scalar_t, true>(mp + i * K, block * K, K, bias_or_zeros, res, dst);
+          else
+            output_transform<scalar_t, false>(mp + i * K, block * K, K, bias_or_zeros, res, dst);
         }
       }
     });

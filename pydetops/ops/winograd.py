@@ -3,8 +3,8 @@
 ``conv3x3_winograd(input, winograd_weight(w), bias, residual, activation)`` computes
 ``activation(conv2d(input, w, bias, stride=1, padding=1) + residual)`` with 16 instead of 36
 multiply-adds per 2x2 outputs and input channel: the 3x3 stride-1 convolutions of ResNet's
-layer 3-4, the FPN, the RPN / RetinaNet heads and the mask / keypoint heads run about 1.5-2x
-faster than oneDNN's direct convolution on CPUs (benchmarks/NOTES.md). The result is the
+layers, the FPN, the RPN / RetinaNet heads and the mask / keypoint heads run about 1.5-1.9x
+faster than oneDNN's direct convolution on CPUs from 128 channels (benchmarks/NOTES.md). The result is the
 same sum of products ordered differently: it differs from ``conv2d``'s by float rounding, no
 more than the direct convolution's own error against float64 (tests/test_winograd.py).
 
@@ -63,11 +63,11 @@ def conv3x3_winograd(input: Tensor, weight: Tensor, bias: Optional[Tensor] = Non
     return torch.ops.pydetops.conv3x3_winograd(input, weight, bias, residual, activation)
 
 
-def winograd_applies(conv: nn.Conv2d, min_channels: int = 128) -> bool:
+def winograd_applies(conv: nn.Conv2d, min_channels: int = 64) -> bool:
     """Whether ``conv`` is a convolution :func:`conv3x3_winograd` computes, and one where it pays:
     3x3, stride 1, padding 1, dilation 1, no groups, zero padding, and at least ``min_channels``
-    input and output channels (below 128 the GEMMs are too small to beat oneDNN's direct kernel:
-    benchmarks/NOTES.md)."""
+    input and output channels (1.1x oneDNN's direct kernel at 64 channels, 1.5x at 128, 1.7-1.9x
+    from 256 on this package's test CPU; smaller GEMMs do not pay: benchmarks/NOTES.md)."""
     return (isinstance(conv, nn.Conv2d) and tuple(conv.kernel_size) == (3, 3) and tuple(conv.stride) == (1, 1)
             and tuple(conv.dilation) == (1, 1) and conv.padding in ((1, 1), [1, 1]) and conv.groups == 1
             and conv.padding_mode == "zeros"
