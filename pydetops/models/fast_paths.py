@@ -215,7 +215,7 @@ def fuse_conv_activations_(module: nn.Module,
     """
     for m in list(module.modules()):
         fuse = getattr(m, "fuse_", None)
-        if m is not module and callable(fuse):
+        if callable(fuse):
             fuse()
     for seq in list(module.modules()):
         if not isinstance(seq, nn.Sequential):
