@@ -103,8 +103,9 @@ def test_fallbacks_run_the_plain_ops(monkeypatch):
     r = torch.randn(2, 16, 10, 11)
     calls = _spy(monkeypatch)
     with torch.no_grad():
-        # contiguous (NCHW) input
-        assert torch.equal(fused(x, r), _reference(conv, x, r, "relu"))
+        # contiguous (NCHW) input and weight
+        nchw = FusedConv2d.from_conv(copy.deepcopy(conv).to(memory_format=torch.contiguous_format), "relu")
+        assert torch.equal(nchw(x, r), _reference(conv, x, r, "relu"))
         # float64
         f64 = FusedConv2d.from_conv(copy.deepcopy(conv).double(), "relu")
         assert torch.equal(f64(x.double().contiguous(memory_format=CL)), F.relu(f64.weight.new_tensor(0) + F.conv2d(
@@ -125,6 +126,11 @@ def test_fallbacks_run_the_plain_ops(monkeypatch):
         finally:
             torch.backends.mkldnn.enabled = True
     assert calls == []
+    # NCHW input, channels-last weight: eager conv2d converts the input, and so does the kernel
+    with torch.no_grad():
+        assert torch.equal(fused(x, r), _reference(conv, x, r, "relu"))
+    assert calls == [True]
+    calls.clear()
     # ATen's own (gemm) kernel for a 1x1 stride-1 conv of a small batch on one thread: stay on it
     conv1 = nn.Conv2d(16, 16, 1).to(memory_format=CL)
     f1 = FusedConv2d.from_conv(conv1, "relu")

@@ -51,8 +51,9 @@ class FusedConv2d(nn.Module):
 
     * the CPU kernel (:meth:`_cpu_kernel`): oneDNN's convolution with the addition and the
       activation as post-ops (``torch.ops.mkldnn._convolution_pointwise``), one pass over the
-      output. Taken for float32 CPU tensors with a channels-last ``x`` (unambiguously: a map of one
-      pixel or one channel is also contiguous, and eager conv2d then picks another kernel), a
+      output. Taken for float32 CPU tensors where eager conv2d would run oneDNN channels-last
+      (:meth:`_runs_channels_last`, :meth:`_eager_uses_onednn`: elsewhere ATen's own kernel
+      rounds differently), a
       ``residual`` (if any) of the output's shape and dtype, no autograd needed (grad disabled or
       nothing requiring grad), no CPU autocast, and an activation with a residual of "none" or
       "relu" (oneDNN has no other post-sum activation);
@@ -140,7 +141,7 @@ class FusedConv2d(nn.Module):
         if not (x.device.type == "cpu" and w.device.type == "cpu" and x.dtype == torch.float32
                 and w.dtype == torch.float32 and x.dim() == 4):
             return False
-        if not x.is_contiguous(memory_format=torch.channels_last) or x.is_contiguous():
+        if not self._runs_channels_last(x):
             return False
         if int(x.shape[1]) != int(w.shape[1]) * self.groups or (b is not None and b.dtype != torch.float32):
             return False  # the plain path raises torch's usual error
@@ -163,6 +164,18 @@ class FusedConv2d(nn.Module):
             return False
         return min(self.output_size(x)) > 0
 
+    def _runs_channels_last(self, x: Tensor) -> bool:
+        """Whether eager conv2d computes this conv channels-last: ``x`` channels-last, or ``x``
+        contiguous (NCHW) and the weight channels-last (ATen then converts ``x``: the first conv
+        of a channels-last head fed by RoIAlign). Both unambiguously: a one-pixel map or one-channel
+        tensor (and a 1x1 kernel's weight) is contiguous in both formats, and ATen decides
+        otherwise there."""
+        if x.is_contiguous(memory_format=torch.channels_last):
+            return not x.is_contiguous()
+        w = self.weight
+        return (x.is_contiguous() and w.is_contiguous(memory_format=torch.channels_last)
+                and not w.is_contiguous() and not x.is_contiguous(memory_format=torch.channels_last))
+
     def _eager_uses_onednn(self, x: Tensor) -> bool:
         """Whether eager ``F.conv2d`` runs oneDNN for this float32 CPU input: ATen's heuristic
         (``ConvParams::use_mkldnn`` in Convolution.cpp, unchanged since torch 1.x): mkldnn enabled,
@@ -182,6 +195,7 @@ class FusedConv2d(nn.Module):
     def _cpu_kernel(self, x: Tensor, residual: Optional[Tensor]) -> Tensor:
         """The CPU fast path (float32, channels-last ``x``, no autograd): oneDNN's convolution with
         the bias, the residual addition and the activation as post-ops. Returns channels-last."""
+        x = x.contiguous(memory_format=torch.channels_last)  # a no-op but for an NCHW x meeting a channels-last weight
         if residual is None:
             return torch.ops.mkldnn._convolution_pointwise(
                 x, self.weight, self.bias, self.padding, self.stride, self.dilation, self.groups,
