@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .fast_paths import FusedConv2d
+
 __all__ = [
     "FrozenBatchNorm2d",
     "ConvNormAct",
@@ -122,6 +124,18 @@ def _conv1x1(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(cin, cout, 1, stride, bias=False)
 
 
+def _folded(*norms: nn.Module) -> bool:
+    """True when the norms were folded into their convs (fold_frozen_batchnorm_ left Identities)."""
+    return all(type(n) is nn.Identity for n in norms)
+
+
+def _fuse_stem_(trunk: nn.Module) -> None:
+    """conv1 (+ folded bn1) + relu of a ResNet stem -> one FusedConv2d (relu becomes Identity)."""
+    if isinstance(trunk.conv1, nn.Conv2d) and _folded(trunk.bn1) and type(trunk.relu) is nn.ReLU:
+        trunk.conv1 = FusedConv2d.from_conv(trunk.conv1, "relu")
+        trunk.relu = nn.Identity()
+
+
 class BasicBlock(nn.Module):
     expansion = 1
 
@@ -134,8 +148,16 @@ class BasicBlock(nn.Module):
         self.bn2 = norm_layer(width)
         self.downsample = downsample
 
+    def fuse_(self) -> None:
+        """After folding: conv1 + relu and conv2 + identity + relu as FusedConv2d (inference)."""
+        if isinstance(self.conv2, nn.Conv2d) and _folded(self.bn1, self.bn2):
+            self.conv1 = FusedConv2d.from_conv(self.conv1, "relu")
+            self.conv2 = FusedConv2d.from_conv(self.conv2, "relu")
+
     def forward(self, x: Tensor) -> Tensor:
         identity = x if self.downsample is None else self.downsample(x)
+        if isinstance(self.conv2, FusedConv2d):  # fuse_(): relu(conv2(.) + identity) in one kernel
+            return self.conv2(self.conv1(x), identity)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         return self.relu(out + identity)
@@ -155,8 +177,18 @@ class Bottleneck(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
 
+    def fuse_(self) -> None:
+        """After folding: conv1 + relu, conv2 + relu and conv3 + identity + relu as FusedConv2d
+        (inference)."""
+        if isinstance(self.conv3, nn.Conv2d) and _folded(self.bn1, self.bn2, self.bn3):
+            self.conv1 = FusedConv2d.from_conv(self.conv1, "relu")
+            self.conv2 = FusedConv2d.from_conv(self.conv2, "relu")
+            self.conv3 = FusedConv2d.from_conv(self.conv3, "relu")
+
     def forward(self, x: Tensor) -> Tensor:
         identity = x if self.downsample is None else self.downsample(x)
+        if isinstance(self.conv3, FusedConv2d):  # fuse_(): relu(conv3(.) + identity) in one kernel
+            return self.conv3(self.conv2(self.conv1(x)), identity)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
@@ -195,6 +227,10 @@ class ResNet(nn.Module):
             elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
+
+    def fuse_(self) -> None:
+        """After folding: the stem's conv1 + relu as one FusedConv2d (the blocks fuse themselves)."""
+        _fuse_stem_(self)
 
     def forward(self, x: Tensor) -> Dict[str, Tensor]:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
@@ -259,7 +295,19 @@ class InvertedResidual(nn.Module):
         self.out_channels = cout
         self.is_strided = stride > 1
 
+    def fuse_(self) -> None:
+        """After folding, with the residual connection: the projection conv + input addition as one
+        FusedConv2d (the expand / depthwise ConvNormActs are fused as any Sequential)."""
+        project = self.block[-1]
+        if self.use_res_connect and isinstance(project[0], nn.Conv2d) and _folded(*list(project)[1:]):
+            project[0] = FusedConv2d.from_conv(project[0], "none")
+
     def forward(self, x: Tensor) -> Tensor:
+        if self.use_res_connect and isinstance(self.block[-1][0], FusedConv2d):  # fuse_(): conv + x in one kernel
+            out = x
+            for layer in list(self.block)[:-1]:
+                out = layer(out)
+            return self.block[-1][0](out, x)
         out = self.block(x)
         return out + x if self.use_res_connect else out
 
@@ -420,15 +468,27 @@ class FeaturePyramidNetwork(nn.Module):
                 nn.init.zeros_(m.bias)
         self.extra_blocks = extra_blocks
 
+    def fuse_(self) -> None:
+        """The lateral 1x1 convs as FusedConv2d, so that lateral + upsampled top-down is one kernel
+        (inference; the lateral ConvNormActs must hold the conv only)."""
+        for block in self.inner_blocks:
+            if len(block) == 1 and isinstance(block[0], nn.Conv2d):
+                block[0] = FusedConv2d.from_conv(block[0], "none")
+
     def forward(self, x: Dict[str, Tensor]) -> Dict[str, Tensor]:
         names = list(x.keys())
         feats = list(x.values())
         last_inner = self.inner_blocks[-1](feats[-1])
         results = [self.layer_blocks[-1](last_inner)]
         for idx in range(len(feats) - 2, -1, -1):
-            lateral = self.inner_blocks[idx](feats[idx])
-            top_down = F.interpolate(last_inner, size=lateral.shape[-2:], mode="nearest")
-            last_inner = lateral + top_down
+            lateral_conv = self.inner_blocks[idx][0]
+            if isinstance(lateral_conv, FusedConv2d):  # fuse_(): lateral conv + top-down in one kernel
+                top_down = F.interpolate(last_inner, size=lateral_conv.output_size(feats[idx]), mode="nearest")
+                last_inner = lateral_conv(feats[idx], top_down)
+            else:
+                lateral = self.inner_blocks[idx](feats[idx])
+                top_down = F.interpolate(last_inner, size=lateral.shape[-2:], mode="nearest")
+                last_inner = lateral + top_down
             results.insert(0, self.layer_blocks[idx](last_inner))
         if self.extra_blocks is not None:
             if getattr(self.extra_blocks, "uses_inputs", False):  # e.g. LastLevelP6P7 from C5
@@ -471,6 +531,10 @@ class _ResNetBody(nn.Module):
         self.return_layers = dict(return_layers)
         self._stem = [n for n, _ in self.named_children() if not n.startswith("layer")]
         self._layers = [n for n, _ in self.named_children() if n.startswith("layer")]
+
+    def fuse_(self) -> None:
+        """After folding: the stem's conv1 + relu as one FusedConv2d (the blocks fuse themselves)."""
+        _fuse_stem_(self)
 
     def forward(self, x: Tensor) -> Dict[str, Tensor]:
         for name in self._stem:

@@ -5,20 +5,248 @@ dotted attribute names) and its input batch in channels-last memory format (NHWC
 CPU convolutions run faster so, and pydetops' RoI ops read it in place. Training or inference.
 
 ``optimize_for_inference()``: eval mode, the backbone's (Frozen)BatchNorm folded into its
-convolutions, channels-last. Inference only: the folded model's ``state_dict`` keys differ.
+convolutions, channels-last, and every convolution fused with what follows it
+(:func:`fuse_conv_activations_`): its activation (ReLU, Hardswish) and, in the residual blocks and
+the FPN's top-down pathway, the addition, as one oneDNN kernel with post-ops
+(:class:`FusedConv2d`) instead of a convolution writing its output and one or two element-wise
+passes reading it back. Inference only: the folded model's ``state_dict`` keys differ.
 
-Both change only the order of floating-point operations: features differ from the plain
-model's by float rounding (~5e-6 relative), which can reorder near-tied scores. The plain model
-(the default) runs torchvision's exact layer graph and gives its detections.
+Folding and channels-last change only the order of floating-point operations: features differ
+from the plain model's by float rounding (~5e-6 relative), which can reorder near-tied scores.
+Fusion adds no rounding for ReLU and the additions (bit-identical to the folded channels-last
+model); oneDNN's Hardswish differs from torch's by float rounding (see :class:`FusedConv2d`). The
+plain model (the default) runs torchvision's exact layer graph and gives its detections.
 """
-from typing import Tuple
+from typing import List, Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .backbones import fold_frozen_batchnorm_
+__all__ = ["FastPathsMixin", "FusedConv2d", "fuse_conv_activations_", "MKLDNN_FUSION_AVAILABLE"]
 
-__all__ = ["FastPathsMixin"]
+# oneDNN's convolution with post-ops, in torch's CPU builds with mkldnn (the ops torch.compile's
+# CPU backend calls). Without them FusedConv2d runs the plain ops.
+MKLDNN_FUSION_AVAILABLE: bool = bool(torch.backends.mkldnn.is_available()) and hasattr(
+    torch.ops.mkldnn, "_convolution_pointwise")
+
+# activation name -> (oneDNN post-op name, its scalars)
+_ONEDNN_UNARY = {"none": ("none", []), "relu": ("relu", []), "relu6": ("hardtanh", [0.0, 6.0]),
+                 "hardswish": ("hardswish", [])}
+# torch module types -> activation name, for the fusion pass
+_ACTIVATION_MODULES = ((nn.ReLU, "relu"), (nn.ReLU6, "relu6"), (nn.Hardswish, "hardswish"))
+
+
+class FusedConv2d(nn.Module):
+    """``act(conv2d(x) + residual)`` in one module: a Conv2d's weight, bias and geometry plus an
+    activation name, ``"none"``, ``"relu"``, ``"relu6"`` or ``"hardswish"``.
+
+    ``forward(x: Tensor[N, C_in, H, W], residual: Optional[Tensor[N, C_out, H', W']] = None)`` ->
+    Tensor[N, C_out, H', W'] (``residual`` of the output's shape, added before the activation).
+
+    Built from a convolution (:meth:`from_conv`), it shares its ``weight`` and ``bias`` Parameters:
+    put at the convolution's place it keeps its ``state_dict`` keys.
+
+    Two ways to compute the same thing:
+
+    * the CPU kernel (:meth:`_cpu_kernel`): oneDNN's convolution with the addition and the
+      activation as post-ops (``torch.ops.mkldnn._convolution_pointwise``), one pass over the
+      output. Taken for float32 CPU tensors where eager conv2d would run oneDNN channels-last
+      (:meth:`_runs_channels_last`, :meth:`_eager_uses_onednn`: elsewhere ATen's own kernel
+      rounds differently), a
+      ``residual`` (if any) of the output's shape and dtype, no autograd needed (grad disabled or
+      nothing requiring grad), no CPU autocast, and an activation with a residual of "none" or
+      "relu" (oneDNN has no other post-sum activation);
+    * otherwise ``F.conv2d`` (+ residual) and the activation as torch's functions: CUDA, float64,
+      contiguous (NCHW) input, training, TorchScript (``torch.jit.script`` compiles this path
+      only), bad input (which raises torch's usual errors).
+
+    Exactness against ``F.conv2d`` then the activation (channels-last float32, same thread count):
+    "none", "relu", "relu6" and the residual addition are bit-identical (oneDNN adds the bias and
+    the residual in the same order, and max/min round nothing). "hardswish" is not: oneDNN
+    evaluates ``x * relu6(x + 3) / 6`` with another rounding, up to ~2 float32 ulps of the
+    convolution's output (absolute differences <= 5e-7 on values of order 1; the fusion tests
+    allow ``1e-6 * max|y|``).
+    """
+
+    ACTIVATIONS: Tuple[str, ...] = tuple(_ONEDNN_UNARY)
+
+    def __init__(self, weight: nn.Parameter, bias: Optional[nn.Parameter], stride: Tuple[int, int],
+                 padding: Tuple[int, int], dilation: Tuple[int, int], groups: int, activation: str = "none"):
+        super().__init__()
+        if activation not in _ONEDNN_UNARY:
+            raise ValueError(f"activation: must be one of {list(_ONEDNN_UNARY)}, got {activation!r}")
+        if not isinstance(weight, Tensor) or weight.dim() != 4:
+            raise ValueError("weight: expected Tensor[C_out, C_in / groups, kH, kW]")
+        self.weight = weight
+        self.bias = bias
+        self.stride: List[int] = [int(s) for s in stride]
+        self.padding: List[int] = [int(p) for p in padding]
+        self.dilation: List[int] = [int(d) for d in dilation]
+        self.groups = int(groups)
+        self.activation = activation
+        self._onednn_attr: str = _ONEDNN_UNARY[activation][0]
+        self._onednn_scalars: List[float] = list(_ONEDNN_UNARY[activation][1])
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d, activation: str = "none") -> "FusedConv2d":
+        """The fused form of ``conv`` (sharing its Parameters); ``conv`` must pad with zeros by a
+        number of pixels (not ``padding="same"`` / other padding modes)."""
+        if not cls.can_fuse(conv):
+            raise ValueError(f"conv: expected an nn.Conv2d with numeric zero padding, got {conv!r}")
+        return cls(conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups, activation)
+
+    @staticmethod
+    def can_fuse(conv: nn.Module) -> bool:
+        return (type(conv) is nn.Conv2d and conv.padding_mode == "zeros"
+                and not isinstance(conv.padding, str))
+
+    def extra_repr(self) -> str:
+        c_out, c_in, kh, kw = self.weight.shape
+        return (f"{c_in * self.groups}, {c_out}, kernel_size=({kh}, {kw}), stride={tuple(self.stride)}, "
+                f"padding={tuple(self.padding)}, dilation={tuple(self.dilation)}, groups={self.groups}, "
+                f"bias={self.bias is not None}, activation={self.activation!r}")
+
+    def output_size(self, x: Tensor) -> List[int]:
+        """[H', W'] of the output for an input ``x`` [N, C, H, W] (the residual's spatial size)."""
+        size: List[int] = []
+        for i in range(2):
+            k = int(self.weight.shape[2 + i])
+            size.append((int(x.shape[2 + i]) + 2 * self.padding[i] - self.dilation[i] * (k - 1) - 1)
+                        // self.stride[i] + 1)
+        return size
+
+    def forward(self, x: Tensor, residual: Optional[Tensor] = None) -> Tensor:
+        if not torch.jit.is_scripting():  # TorchScript compiles the plain ops only
+            if self._cpu_kernel_applies(x, residual):
+                return self._cpu_kernel(x, residual)
+        y = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        if residual is not None:
+            y = y + residual
+        return self._activate(y)
+
+    def _activate(self, y: Tensor) -> Tensor:
+        if self.activation == "relu":
+            return F.relu(y)
+        if self.activation == "relu6":
+            return F.hardtanh(y, 0.0, 6.0)
+        if self.activation == "hardswish":
+            return F.hardswish(y)
+        return y
+
+    def _cpu_kernel_applies(self, x: Tensor, residual: Optional[Tensor]) -> bool:
+        if not MKLDNN_FUSION_AVAILABLE or torch.jit.is_tracing():
+            return False
+        w, b = self.weight, self.bias
+        if not (x.device.type == "cpu" and w.device.type == "cpu" and x.dtype == torch.float32
+                and w.dtype == torch.float32 and x.dim() == 4):
+            return False
+        if not self._runs_channels_last(x):
+            return False
+        if int(x.shape[1]) != int(w.shape[1]) * self.groups or (b is not None and b.dtype != torch.float32):
+            return False  # the plain path raises torch's usual error
+        if torch.is_autocast_enabled("cpu"):
+            return False  # autocast would run F.conv2d in bfloat16
+        if not self._eager_uses_onednn(x):
+            return False  # eager conv2d runs ATen's own kernel here: keep its rounding (and its speed)
+        needs_grad = x.requires_grad or w.requires_grad or (b is not None and b.requires_grad)
+        if residual is not None:
+            if self.activation not in ("none", "relu"):
+                return False
+            if residual.device.type != "cpu" or residual.dtype != torch.float32:
+                return False
+            # oneDNN reads `residual` as the output's shape without checking it: only exact shapes
+            out_hw = self.output_size(x)
+            if list(residual.shape) != [int(x.shape[0]), int(w.shape[0]), out_hw[0], out_hw[1]]:
+                return False
+            needs_grad = needs_grad or residual.requires_grad
+        if needs_grad and torch.is_grad_enabled():
+            return False
+        return min(self.output_size(x)) > 0
+
+    def _runs_channels_last(self, x: Tensor) -> bool:
+        """Whether eager conv2d computes this conv channels-last: ``x`` channels-last, or ``x``
+        contiguous (NCHW) and the weight channels-last (ATen then converts ``x``: the first conv
+        of a channels-last head fed by RoIAlign). Both unambiguously: a one-pixel map or one-channel
+        tensor (and a 1x1 kernel's weight) is contiguous in both formats, and ATen decides
+        otherwise there."""
+        if x.is_contiguous(memory_format=torch.channels_last):
+            return not x.is_contiguous()
+        w = self.weight
+        return (x.is_contiguous() and w.is_contiguous(memory_format=torch.channels_last)
+                and not w.is_contiguous() and not x.is_contiguous(memory_format=torch.channels_last))
+
+    def _eager_uses_onednn(self, x: Tensor) -> bool:
+        """Whether eager ``F.conv2d`` runs oneDNN for this float32 CPU input: ATen's heuristic
+        (``ConvParams::use_mkldnn`` in Convolution.cpp, unchanged since torch 1.x): mkldnn enabled,
+        and not a 1x1 stride-1 undilated conv of a batch < 16 on one thread, and not a small
+        (<= 20480 values) single image through a 1-group conv with a kernel <= 3. Elsewhere ATen's
+        gemm-based kernel runs, with another summation order, so the fused kernel would not be
+        bit-identical to the plain model there (and ATen calls its kernel the faster one)."""
+        if not torch.backends.mkldnn.enabled:
+            return False
+        kh, kw = int(self.weight.shape[2]), int(self.weight.shape[3])
+        n = int(x.shape[0])
+        strided_or_dilated = any(s != 1 for s in self.stride) or any(d != 1 for d in self.dilation)
+        if not (strided_or_dilated or n >= 16 or kh != 1 or kw != 1 or torch.get_num_threads() > 1):
+            return False
+        return self.groups > 1 or (kh > 3 and kw > 3) or n > 1 or x.numel() > 20480
+
+    def _cpu_kernel(self, x: Tensor, residual: Optional[Tensor]) -> Tensor:
+        """The CPU fast path (float32, channels-last ``x``, no autograd): oneDNN's convolution with
+        the bias, the residual addition and the activation as post-ops. Returns channels-last."""
+        x = x.contiguous(memory_format=torch.channels_last)  # a no-op but for an NCHW x meeting a channels-last weight
+        if residual is None:
+            return torch.ops.mkldnn._convolution_pointwise(
+                x, self.weight, self.bias, self.padding, self.stride, self.dilation, self.groups,
+                self._onednn_attr, self._onednn_scalars, None)
+        unary: Optional[str] = None if self.activation == "none" else self.activation
+        return torch.ops.mkldnn._convolution_pointwise.binary(
+            x, residual, self.weight, self.bias, self.padding, self.stride, self.dilation, self.groups,
+            "add", 1.0, unary, [], None)
+
+
+def _activation_name(module: nn.Module, activations: Tuple[str, ...]) -> Optional[str]:
+    for kind, name in _ACTIVATION_MODULES:
+        if type(module) is kind and name in activations:
+            return name
+    return None
+
+
+def fuse_conv_activations_(module: nn.Module,
+                           activations: Tuple[str, ...] = ("relu", "relu6", "hardswish")) -> nn.Module:
+    """Give every convolution of ``module`` its fused form (:class:`FusedConv2d`), in place; for
+    inference, after the BatchNorm is folded (a norm between a conv and its activation stops it).
+
+    1. Every submodule with a ``fuse_()`` method fuses its own convolutions (the residual blocks,
+       the FPN's lateral convs + top-down addition, a ResNet stem): it knows its forward's graph.
+    2. In every ``nn.Sequential`` (ConvNormAct, VGG's trunk, the RPN / RetinaNet / mask / keypoint
+       head convs), each ``Conv2d`` followed (after ``Identity``s the folding left) by an activation
+       of ``activations`` becomes a FusedConv2d at the conv's index (same ``state_dict`` keys) and
+       the activation an Identity.
+
+    Returns ``module``. Idempotent; convolutions without an activation are left as they are.
+    """
+    for m in list(module.modules()):
+        fuse = getattr(m, "fuse_", None)
+        if callable(fuse):
+            fuse()
+    for seq in list(module.modules()):
+        if not isinstance(seq, nn.Sequential):
+            continue
+        names = [n for n, _ in seq.named_children()]
+        for i, name in enumerate(names):
+            conv = getattr(seq, name)
+            if not FusedConv2d.can_fuse(conv):
+                continue
+            j = i + 1
+            while j < len(names) and type(getattr(seq, names[j])) is nn.Identity:
+                j += 1
+            act = _activation_name(getattr(seq, names[j]), activations) if j < len(names) else None
+            if act is not None:
+                setattr(seq, name, FusedConv2d.from_conv(conv, act))
+                setattr(seq, names[j], nn.Identity())
+    return module
 
 
 class FastPathsMixin:
@@ -44,13 +272,20 @@ class FastPathsMixin:
                 module.to(memory_format=fmt)
         return self
 
-    def optimize_for_inference(self, channels_last: bool = True, fold_batchnorm: bool = True):
-        """Eval mode, the backbone's BatchNorm folded into its convolutions, channels-last.
-        Inference only (the folded model's ``state_dict`` keys differ). Returns self."""
+    def optimize_for_inference(self, channels_last: bool = True, fold_batchnorm: bool = True, fuse: bool = True):
+        """Eval mode, the backbone's BatchNorm folded into its convolutions, channels-last, and
+        (``fuse``) every convolution fused with its activation / residual addition
+        (:func:`fuse_conv_activations_`; it pays off channels-last on a CPU, elsewhere the fused
+        modules run the plain ops). Inference only (the folded model's ``state_dict`` keys differ).
+        Returns self."""
+        from .backbones import fold_frozen_batchnorm_  # backbones imports FusedConv2d from here
+
         assert isinstance(self, nn.Module)
         self.eval()
         if fold_batchnorm:
             fold_frozen_batchnorm_(self.backbone)
         if channels_last:
             self.use_channels_last(True)
+        if fuse:
+            fuse_conv_activations_(self)
         return self
