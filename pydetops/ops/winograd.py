@@ -63,15 +63,21 @@ def conv3x3_winograd(input: Tensor, weight: Tensor, bias: Optional[Tensor] = Non
     return torch.ops.pydetops.conv3x3_winograd(input, weight, bias, residual, activation)
 
 
-def winograd_applies(conv: nn.Conv2d, min_channels: int = 64) -> bool:
-    """Whether ``conv`` is a convolution :func:`conv3x3_winograd` computes, and one where it pays:
-    3x3, stride 1, padding 1, dilation 1, no groups, zero padding, and at least ``min_channels``
-    input and output channels (1.1x oneDNN's direct kernel at 64 channels, 1.5x at 128, 1.7-1.9x
-    from 256 on this package's test CPU; smaller GEMMs do not pay: benchmarks/NOTES.md)."""
-    return (isinstance(conv, nn.Conv2d) and tuple(conv.kernel_size) == (3, 3) and tuple(conv.stride) == (1, 1)
-            and tuple(conv.dilation) == (1, 1) and conv.padding in ((1, 1), [1, 1]) and conv.groups == 1
-            and conv.padding_mode == "zeros"
-            and conv.in_channels >= min_channels and conv.out_channels >= min_channels)
+def winograd_applies(conv: nn.Module, min_channels: int = 64) -> bool:
+    """Whether the convolution ``conv`` (an ``nn.Conv2d``, or any module with its ``weight``,
+    ``stride``, ``padding``, ``dilation`` and ``groups``) is one :func:`conv3x3_winograd` computes,
+    and one where it pays: 3x3, stride 1, padding 1, dilation 1, no groups, zero padding, and at
+    least ``min_channels`` input and output channels (1.2x oneDNN's direct kernel at 64 channels,
+    1.5x at 128, 1.7-2x from 256 on this package's test CPU; smaller GEMMs do not pay:
+    benchmarks/NOTES.md)."""
+    weight = getattr(conv, "weight", None)
+    if not isinstance(weight, Tensor) or weight.dim() != 4:
+        return False
+    pair = lambda v: tuple(int(i) for i in v) if isinstance(v, (tuple, list)) else (v, v)  # noqa: E731
+    return (tuple(weight.shape[2:]) == (3, 3) and pair(conv.stride) == (1, 1) and pair(conv.dilation) == (1, 1)
+            and pair(conv.padding) == (1, 1) and int(conv.groups) == 1
+            and getattr(conv, "padding_mode", "zeros") == "zeros"
+            and min(int(weight.shape[0]), int(weight.shape[1])) >= min_channels)
 
 
 # ------------------------------------------------------------------ fake kernel
