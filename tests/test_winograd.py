@@ -193,3 +193,73 @@ def test_bad_input_names_the_argument():
         P.conv3x3_winograd(x.requires_grad_(), u)
     with torch.no_grad():  # fine without grad mode
         assert P.conv3x3_winograd(x, u).shape == (1, 6, 5, 5)
+
+
+# ------------------------------------------------------------ winograd_conv2d (differentiable)
+
+@pytest.mark.parametrize("shape", SHAPES[:6])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_winograd_conv2d_matches_reference_and_its_gradients(shape, with_bias):
+    n, c, h, wd, k = shape
+    g = torch.Generator().manual_seed(hash((shape, with_bias)) % 2 ** 31)
+    x = torch.randn(n, c, h, wd, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(k, c, 3, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(k, generator=g, dtype=torch.float64, requires_grad=True) if with_bias else None
+    got = P.winograd_conv2d(x, w, b)
+    torch.testing.assert_close(got, reference(x.detach(), w.detach(), None if b is None else b.detach()),
+                               rtol=1e-12, atol=1e-12)
+    grad = torch.randn(got.shape, generator=g, dtype=torch.float64)
+    params = [t for t in (x, w, b) if t is not None]
+    ours = torch.autograd.grad(got, params, grad)
+    theirs = torch.autograd.grad(F.conv2d(x, w, b, padding=1), params, grad)
+    for a, e in zip(ours, theirs):
+        torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-10)
+
+
+def test_winograd_conv2d_gradcheck_and_partial_grads():
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 3, 5, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(4, 3, 3, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(4, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(P.winograd_conv2d, (x, w, b))
+    assert torch.autograd.gradcheck(P.winograd_conv2d, (x, w.detach(), None))       # input only
+    assert torch.autograd.gradcheck(P.winograd_conv2d, (x.detach(), w, b))          # filters and bias only
+    y = P.winograd_conv2d(x, w, b)
+    (gx,) = torch.autograd.grad(y.sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="winograd_conv2d"):
+        gx.sum().backward()  # double backward is not supported, and says so
+
+
+def test_winograd_conv2d_float32_and_layouts():
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(1, 70, 21, 17, generator=g)
+    w = torch.randn(66, 70, 3, 3, generator=g) / 25
+    want = reference(x, w)
+    scale = want.abs().max()
+    for xx in (x, x.contiguous(memory_format=torch.channels_last)):
+        got = P.winograd_conv2d(xx, w)
+        assert got.is_contiguous(memory_format=torch.channels_last)
+        assert float((got.double() - want).abs().max() / scale) < 2e-6
+
+
+def test_winograd_conv2d_opcheck_and_bad_input():
+    x = torch.randn(2, 5, 7, 6, requires_grad=True)
+    w = torch.randn(4, 5, 3, 3, requires_grad=True)
+    b = torch.randn(4, requires_grad=True)
+    torch.library.opcheck(torch.ops.pydetops.winograd_conv2d.default, (x, w, b))
+    torch.library.opcheck(torch.ops.pydetops.winograd_conv2d.default, (x.detach().double(), w.detach().double(), None))
+    g = torch.randn(2, 4, 7, 6)
+    torch.library.opcheck(torch.ops.pydetops._winograd_conv2d_backward.default,
+                          (g, x.detach(), w.detach(), [True, True, True]), test_utils=("test_schema", "test_faketensor"))
+    op = torch.ops.pydetops.winograd_conv2d
+    with pytest.raises(ValueError, match="weight must be a Tensor\\[K, C, 3, 3\\]"):
+        op(x, torch.randn(4, 5, 5, 5))
+    with pytest.raises(ValueError, match="input channels"):
+        op(torch.randn(1, 6, 5, 5), w)
+    with pytest.raises(TypeError, match="input must be float32 or float64"):
+        op(x.detach().half(), w.detach().half())
+    with pytest.raises(ValueError, match="bias must be a Tensor\\[4\\]"):
+        op(x, w, torch.randn(3))
+    with pytest.raises(ValueError, match="grad_output must be a Tensor\\[2, 4, 7, 6\\]"):
+        torch.ops.pydetops._winograd_conv2d_backward(torch.randn(2, 4, 7, 5), x.detach(), w.detach(),
+                                                     [True, True, True])

@@ -9,8 +9,7 @@ import torch
 from torch import nn
 
 from pydetops import ops
-from pydetops.models import (fasterrcnn_mobilenet_v3_large_fpn, fasterrcnn_resnet50_fpn, keypoint_rcnn, mask_rcnn,
-                             retinanet)
+from pydetops.models import fasterrcnn_mobilenet_v3_large_fpn, fasterrcnn_resnet50_fpn, mask_rcnn, retinanet
 from pydetops.models.fast_paths import FusedConv2d, use_winograd_
 
 CL = torch.channels_last
@@ -24,7 +23,6 @@ MODELS = {  # name: (constructor, input size)
         lambda: fasterrcnn_mobilenet_v3_large_fpn(weights=None, weights_backbone=None, box_detections_per_img=20,
                                                   **SMALL), (96, 120)),
     "mask_rcnn_r18": (lambda: mask_rcnn(num_classes=3, box_detections_per_img=10, **R18), (96, 120)),
-    "keypoint_rcnn_r18": (lambda: keypoint_rcnn(num_classes=2, box_detections_per_img=10, **R18), (96, 120)),
     "retinanet_r18": (lambda: retinanet(num_classes=3, backbone="resnet18", norm="frozen", image_size=96,
                                         head_norm=None, score_thresh=0.0, detections_per_img=20), (96, 120)),
 }
@@ -108,3 +106,56 @@ def test_training_and_grad_take_the_plain_path():
     y = fused(x)  # grad mode on, weight requires grad: F.conv2d, differentiable
     y.sum().backward()
     assert x.grad is not None and conv.weight.grad is not None
+
+
+def test_use_winograd_trains_like_the_plain_model(monkeypatch):
+    # The same training step with and without Winograd, both against the float64 model: the losses
+    # agree, and each parameter's gradient is as close to float64's as the direct convolution's is.
+    from pydetops.models.fast_paths import WinogradConv2d
+    import pydetops.models.fast_paths as fp
+    torch.manual_seed(5)
+    model = retinanet(num_classes=3, backbone="resnet18", norm="frozen", image_size=64, head_norm=None).train()
+    exact = copy.deepcopy(model).double()
+    plain = copy.deepcopy(model).use_channels_last(True)
+    wino = model.use_channels_last(True).use_winograd(True)
+    convs = [m for m in wino.modules() if type(m) is WinogradConv2d]
+    assert len(convs) >= 8 and list(wino.state_dict()) == list(plain.state_dict())
+    monkeypatch.setattr(WinogradConv2d, "MIN_PIXELS", 16)  # the kernel on this small image's maps too
+    calls = []
+    real = ops.winograd_conv2d
+    monkeypatch.setattr(fp, "winograd_conv2d", lambda *a: calls.append(1) or real(*a))
+    g = torch.Generator().manual_seed(6)
+    image = torch.rand(3, 64, 64, generator=g, dtype=torch.float64)
+    boxes = torch.tensor([[10.0, 12.0, 45.0, 55.0]], dtype=torch.float64)
+    losses = []
+    for m, dtype in ((exact, torch.float64), (plain, torch.float32), (wino, torch.float32)):
+        loss = sum(m([image.to(dtype)], [{"boxes": boxes.to(dtype), "labels": torch.tensor([1])}]).values())
+        loss.backward()
+        losses.append(float(loss.detach()))
+    assert calls
+    assert abs(losses[2] - losses[0]) <= 1e-4 * abs(losses[0]) + 1e-5
+    for (name, p64), p32, pw in zip(exact.named_parameters(), plain.parameters(), wino.parameters()):
+        if p64.grad is None:
+            continue
+        err_direct = float((p32.grad.double() - p64.grad).abs().max())
+        err_wino = float((pw.grad.double() - p64.grad).abs().max())
+        assert err_wino <= 4 * err_direct + 1e-6 * float(p64.grad.abs().max()), name
+    wino.use_winograd(False)
+    assert not any(type(m) is WinogradConv2d for m in wino.modules())
+
+
+@pytest.mark.torchscript
+def test_winograd_conv2d_module_falls_back_and_scripts():
+    from pydetops.models.fast_paths import WinogradConv2d
+    conv = nn.Conv2d(64, 64, 3, padding=1)
+    conv.__class__ = WinogradConv2d
+    x = torch.randn(1, 64, 48, 48)
+    torch.testing.assert_close(conv(x), F_conv(x, conv))                      # NCHW: the plain conv
+    xc = x.contiguous(memory_format=CL)
+    torch.testing.assert_close(conv(xc), F_conv(x, conv), rtol=1e-5, atol=1e-5)  # the kernel
+    scripted = torch.jit.script(conv)
+    torch.testing.assert_close(scripted(x), F_conv(x, conv))
+
+
+def F_conv(x, conv):
+    return torch.nn.functional.conv2d(x, conv.weight, conv.bias, padding=1)

@@ -8,6 +8,11 @@ faster than oneDNN's direct convolution on CPUs from 128 channels (benchmarks/NO
 same sum of products ordered differently: it differs from ``conv2d``'s by float rounding, no
 more than the direct convolution's own error against float64 (tests/test_winograd.py).
 
+:func:`winograd_conv2d` is the differentiable form for training: ``conv2d(input, weight, bias,
+padding=1)`` with the plain filters (transformed at each call), its input gradient by Winograd too
+(the same convolution of the output gradient with the flipped filters), the filters' and bias'
+gradients by ATen's ``convolution_backward``.
+
 Shapes: ``input`` Tensor[N, C, H, W] (channels-last is read in place; other layouts are
 copied), ``weight`` the transformed filters Tensor[16, C, K] from :func:`winograd_weight`,
 ``bias`` Tensor[K], ``residual`` Tensor[N, K, H, W]; the output is Tensor[N, K, H, W] in
@@ -19,7 +24,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-__all__ = ["winograd_weight", "conv3x3_winograd", "winograd_applies"]
+__all__ = ["winograd_weight", "conv3x3_winograd", "winograd_conv2d", "winograd_applies"]
 
 # G of F(2x2, 3x3) (Lavin & Gray 2015): U = G g G^T turns a 3x3 filter into its 4x4 transform.
 _G = ((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0))
@@ -63,6 +68,20 @@ def conv3x3_winograd(input: Tensor, weight: Tensor, bias: Optional[Tensor] = Non
     return torch.ops.pydetops.conv3x3_winograd(input, weight, bias, residual, activation)
 
 
+def winograd_conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
+    """``conv2d(input, weight, bias, stride=1, padding=1)`` for 3x3 filters by Winograd F(2x2, 3x3),
+    differentiable in all three (once: double backward raises). CPU, float32 / float64.
+
+    Args:
+        input: Tensor[N, C, H, W] (channels-last is read in place).
+        weight: Tensor[K, C, 3, 3].
+        bias: Tensor[K] or None.
+
+    Returns Tensor[N, K, H, W], channels-last.
+    """
+    return torch.ops.pydetops.winograd_conv2d(input, weight, bias)
+
+
 def winograd_applies(conv: nn.Module, min_channels: int = 64) -> bool:
     """Whether the convolution ``conv`` (an ``nn.Conv2d``, or any module with its ``weight``,
     ``stride``, ``padding``, ``dilation`` and ``groups``) is one :func:`conv3x3_winograd` computes,
@@ -80,7 +99,35 @@ def winograd_applies(conv: nn.Module, min_channels: int = 64) -> bool:
             and min(int(weight.shape[0]), int(weight.shape[1])) >= min_channels)
 
 
-# ------------------------------------------------------------------ fake kernel
+# ------------------------------------------------------------------ fake kernels
+
+def _check_winograd_conv2d(input, weight, bias):
+    if input.dim() != 4:
+        raise ValueError(f"input must be a Tensor[N, C, H, W], got shape {list(input.shape)}")
+    if weight.dim() != 4 or weight.shape[2] != 3 or weight.shape[3] != 3:
+        raise ValueError(f"weight must be a Tensor[K, C, 3, 3], got shape {list(weight.shape)}")
+    if input.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"input must be float32 or float64, got {input.dtype}")
+    if weight.dtype != input.dtype:
+        raise TypeError(f"weight must have input's dtype {input.dtype}, got {weight.dtype}")
+    torch._check(weight.shape[1] == input.shape[1], lambda: "weight's C must equal input's channels")
+
+
+@torch.library.register_fake("pydetops::winograd_conv2d")
+def _winograd_conv2d_fake(input, weight, bias=None):
+    _check_winograd_conv2d(input, weight, bias)
+    n, _, h, w = input.shape
+    return input.new_empty((n, weight.shape[0], h, w)).contiguous(memory_format=torch.channels_last)
+
+
+@torch.library.register_fake("pydetops::_winograd_conv2d_backward")
+def _winograd_conv2d_backward_fake(grad_output, input, weight, output_mask):
+    _check_winograd_conv2d(input, weight, None)
+    grad_input = input.new_empty(input.shape).contiguous(memory_format=torch.channels_last) if output_mask[0] else None
+    grad_weight = weight.new_empty(weight.shape) if output_mask[1] else None
+    grad_bias = weight.new_empty((weight.shape[0],)) if output_mask[2] else None
+    return grad_input, grad_weight, grad_bias
+
 
 @torch.library.register_fake("pydetops::conv3x3_winograd")
 def _conv3x3_winograd_fake(input, weight, bias=None, residual=None, activation="none"):
