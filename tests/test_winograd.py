@@ -218,9 +218,9 @@ def test_winograd_conv2d_matches_reference_and_its_gradients(shape, with_bias):
 
 def test_winograd_conv2d_gradcheck_and_partial_grads():
     g = torch.Generator().manual_seed(5)
-    x = torch.randn(2, 3, 5, 4, generator=g, dtype=torch.float64, requires_grad=True)
-    w = torch.randn(4, 3, 3, 3, generator=g, dtype=torch.float64, requires_grad=True)
-    b = torch.randn(4, generator=g, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(1, 2, 3, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, 2, 3, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(3, generator=g, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(P.winograd_conv2d, (x, w, b))
     assert torch.autograd.gradcheck(P.winograd_conv2d, (x, w.detach(), None))       # input only
     assert torch.autograd.gradcheck(P.winograd_conv2d, (x.detach(), w, b))          # filters and bias only

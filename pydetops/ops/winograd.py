@@ -65,6 +65,7 @@ def conv3x3_winograd(input: Tensor, weight: Tensor, bias: Optional[Tensor] = Non
             if t is not None and t.requires_grad:
                 raise RuntimeError(f"conv3x3_winograd is inference-only: {name} requires grad "
                                    "(run under torch.no_grad() / inference_mode, or use conv2d)")
+    _check_cpu(input)
     return torch.ops.pydetops.conv3x3_winograd(input, weight, bias, residual, activation)
 
 
@@ -79,7 +80,14 @@ def winograd_conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None
 
     Returns Tensor[N, K, H, W], channels-last.
     """
+    _check_cpu(input)
     return torch.ops.pydetops.winograd_conv2d(input, weight, bias)
+
+
+def _check_cpu(input: Tensor) -> None:
+    if input.device.type != "cpu":
+        raise ValueError(f"input must be a CPU tensor, got {input.device}: the Winograd kernels are CPU-only "
+                         "(on CUDA cuDNN chooses Winograd by itself: use torch.nn.functional.conv2d)")
 
 
 def winograd_applies(conv: nn.Module, min_channels: int = 64) -> bool:
