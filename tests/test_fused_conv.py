@@ -312,7 +312,7 @@ def test_detectors_give_the_same_outputs_fused(name, monkeypatch):
     torch.manual_seed(7)
     model = ctor().eval()
     plain = copy.deepcopy(model).optimize_for_inference(fuse=False)
-    fused = model.optimize_for_inference()
+    fused = model.optimize_for_inference(winograd=False)  # Winograd rounds differently: test_winograd_models.py
     assert fused.channels_last and not fused.training
     assert sum(isinstance(m, FusedConv2d) for m in fused.modules()) == expected
     assert not any(isinstance(m, FusedConv2d) for m in plain.modules())
