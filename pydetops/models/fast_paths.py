@@ -315,14 +315,20 @@ class WinogradConv2d(nn.Conv2d):
 
     MIN_PIXELS: int = 2048
 
-    def forward(self, x: Tensor) -> Tensor:
+    def runs_winograd(self, x: Tensor, weight: Tensor) -> bool:
+        """Whether a call on ``x`` with ``weight`` (this conv's, or a folded copy) takes the kernel."""
+        return (x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
+                and x.dim() == 4 and int(x.shape[2]) * int(x.shape[3]) >= self.MIN_PIXELS
+                and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+                and not torch.is_autocast_enabled("cpu") and not torch.jit.is_tracing())
+
+    def _conv_forward(self, input: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+        # nn.Conv2d.forward calls this with the module's own weight; code that folds a norm into the
+        # weight on the fly (backbones.conv_norm) calls it with the folded one.
         if not torch.jit.is_scripting():
-            if (x.device.type == "cpu" and x.dtype == torch.float32 and self.weight.dtype == torch.float32
-                    and x.dim() == 4 and int(x.shape[2]) * int(x.shape[3]) >= self.MIN_PIXELS
-                    and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-                    and not torch.is_autocast_enabled("cpu") and not torch.jit.is_tracing()):
-                return winograd_conv2d(x, self.weight, self.bias)
-        return self._conv_forward(x, self.weight, self.bias)
+            if self.runs_winograd(input, weight):
+                return winograd_conv2d(input, weight, bias)
+        return F.conv2d(input, weight, bias, self.stride, self.padding, self.dilation, self.groups)
 
 
 class FastPathsMixin:
