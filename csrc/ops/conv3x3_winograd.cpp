@@ -20,13 +20,13 @@
 
 namespace pydetops {
 
-void check_conv3x3_winograd_args(const at::Tensor& input, const at::Tensor& weight,
-                                 const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& residual,
-                                 c10::string_view activation) {
+namespace {
+
+// input Tensor[N, C, H, W] float32/float64; weight of input's dtype and device with C in its
+// dimension 1; bias (if any) Tensor[K] of input's dtype and device.
+void check_input_weight_bias(const at::Tensor& input, const at::Tensor& weight, int64_t K,
+                             const c10::optional<at::Tensor>& bias) {
   TORCH_CHECK_VALUE(input.dim() == 4, "input must be a Tensor[N, C, H, W], got shape ", input.sizes());
-  TORCH_CHECK_VALUE(weight.dim() == 3 && weight.size(0) == 16,
-                    "weight must be the Winograd-transformed filters, a Tensor[16, C, K] "
-                    "(pydetops.ops.winograd_weight), got shape ", weight.sizes());
   TORCH_CHECK_TYPE(input.scalar_type() == at::kFloat || input.scalar_type() == at::kDouble,
                    "input must be float32 or float64, got ", input.scalar_type());
   TORCH_CHECK_TYPE(weight.scalar_type() == input.scalar_type(), "weight must have input's dtype ",
@@ -34,7 +34,6 @@ void check_conv3x3_winograd_args(const at::Tensor& input, const at::Tensor& weig
   TORCH_CHECK_VALUE(weight.size(1) == input.size(1), "weight is for ", weight.size(1),
                     " input channels but input has ", input.size(1));
   check_same_device(input, "input", weight, "weight");
-  const int64_t K = weight.size(2);
   if (bias.has_value() && bias->defined()) {
     TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == K, "bias must be a Tensor[", K, "], got shape ",
                       bias->sizes());
@@ -42,6 +41,19 @@ void check_conv3x3_winograd_args(const at::Tensor& input, const at::Tensor& weig
                      input.scalar_type(), ", got ", bias->scalar_type());
     check_same_device(input, "input", *bias, "bias");
   }
+  checked_mul(checked_mul(input.size(0), input.size(2), "input"), input.size(3), "input");
+}
+
+}  // namespace
+
+void check_conv3x3_winograd_args(const at::Tensor& input, const at::Tensor& weight,
+                                 const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& residual,
+                                 c10::string_view activation) {
+  TORCH_CHECK_VALUE(weight.dim() == 3 && weight.size(0) == 16,
+                    "weight must be the Winograd-transformed filters, a Tensor[16, C, K] "
+                    "(pydetops.ops.winograd_weight), got shape ", weight.sizes());
+  const int64_t K = weight.size(2);
+  check_input_weight_bias(input, weight, K, bias);
   if (residual.has_value() && residual->defined()) {
     TORCH_CHECK_VALUE(residual->dim() == 4 && residual->size(0) == input.size(0) && residual->size(1) == K &&
                           residual->size(2) == input.size(2) && residual->size(3) == input.size(3),
@@ -53,28 +65,13 @@ void check_conv3x3_winograd_args(const at::Tensor& input, const at::Tensor& weig
   }
   TORCH_CHECK_VALUE(activation == "none" || activation == "relu", "activation must be 'none' or 'relu', got '",
                     std::string(activation), "'");
-  checked_mul(checked_mul(input.size(0), input.size(2), "input"), input.size(3), "input");
 }
 
 void check_winograd_conv2d_args(const at::Tensor& input, const at::Tensor& weight,
                                 const c10::optional<at::Tensor>& bias) {
-  TORCH_CHECK_VALUE(input.dim() == 4, "input must be a Tensor[N, C, H, W], got shape ", input.sizes());
   TORCH_CHECK_VALUE(weight.dim() == 4 && weight.size(2) == 3 && weight.size(3) == 3,
                     "weight must be a Tensor[K, C, 3, 3], got shape ", weight.sizes());
-  TORCH_CHECK_TYPE(input.scalar_type() == at::kFloat || input.scalar_type() == at::kDouble,
-                   "input must be float32 or float64, got ", input.scalar_type());
-  TORCH_CHECK_TYPE(weight.scalar_type() == input.scalar_type(), "weight must have input's dtype ",
-                   input.scalar_type(), ", got ", weight.scalar_type());
-  TORCH_CHECK_VALUE(weight.size(1) == input.size(1), "weight is for ", weight.size(1),
-                    " input channels but input has ", input.size(1));
-  check_same_device(input, "input", weight, "weight");
-  if (bias.has_value() && bias->defined()) {
-    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == weight.size(0), "bias must be a Tensor[", weight.size(0),
-                      "], got shape ", bias->sizes());
-    TORCH_CHECK_TYPE(bias->scalar_type() == input.scalar_type(), "bias must have input's dtype ",
-                     input.scalar_type(), ", got ", bias->scalar_type());
-    check_same_device(input, "input", *bias, "bias");
-  }
+  check_input_weight_bias(input, weight, weight.size(0), bias);
 }
 
 at::Tensor winograd_conv2d(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {
