@@ -56,6 +56,24 @@ def _winograd_case(device: str, label: str, n, c, k, h, w) -> List[Case]:
                  f"torch {torch.__version__.split('+')[0]} F.conv2d (oneDNN direct)", device)]
 
 
+def _winograd_train_case(device: str, label: str, n, c, k, h, w) -> List[Case]:
+    # Training: winograd_conv2d forward + backward (input, filters, bias) against F.conv2d's.
+    if device != "cpu":
+        return []
+    x = torch.randn(n, c, h, w).contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    weight = (torch.randn(k, c, 3, 3) / (9 * c) ** 0.5).requires_grad_(True)
+    bias = torch.randn(k, requires_grad=True)
+    grad = torch.randn(n, k, h, w).contiguous(memory_format=torch.channels_last)
+
+    def fwd_bwd(fn):
+        def run():
+            torch.autograd.grad(fn(x, weight, bias), (x, weight, bias), grad)
+        return run
+    return [Case("winograd_conv2d", f"fwd+bwd {label} {n}x{c}->{k} {h}x{w} f32 NHWC", fwd_bwd(ops.winograd_conv2d),
+                 fwd_bwd(lambda a, b, bb: F.conv2d(a, b, bb, padding=1)),
+                 f"torch {torch.__version__.split('+')[0]} F.conv2d (oneDNN direct)", device)]
+
+
 def cases(device: str, quick: bool) -> List[Case]:
     out: List[Case] = []
     if quick:
@@ -65,6 +83,7 @@ def cases(device: str, quick: bool) -> List[Case]:
         out += _winograd_case(device, "FPN P2 / RPN head", 1, 256, 256, 200, 272)
         out += _winograd_case(device, "keypoint head, 54 RoIs", 54, 512, 512, 14, 14)
         out += _winograd_case(device, "R50 layer4", 1, 512, 512, 25, 34)
+        out += _winograd_train_case(device, "FPN P3", 1, 256, 256, 100, 136)
     if quick:
         out += _conv_cases(device, "2x16->8 k4 s2 p1 16x16 f32", 2, 16, 8, 4, 2, 1, 16, True)
     else:
