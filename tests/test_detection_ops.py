@@ -462,6 +462,21 @@ def test_postprocess_large_levels(device, dtype):
                        max_det=200, topk_per_class=60, min_size=0.0)
 
 
+def test_postprocess_selection_against_a_misleading_sample(device):
+    # The CPU kernel's top-k pre-filters with a pivot from 256 evenly spaced candidates: here exactly
+    # those score highest, so the pivot keeps too few and the kernel must fall back to the full selection.
+    na, k = 4096, 300
+    scores = torch.rand(1, na, 1, dtype=torch.float64) * 0.5
+    scores[0, (torch.arange(256) * na) // 256, 0] = 0.9 + torch.rand(256, dtype=torch.float64) * 0.1
+    codes = torch.zeros(1, na, 4, dtype=torch.float64)
+    anchors = random_boxes(na, scale=2000, max_side=20)
+    for per_class, topk in ((k, -1), (-1, k)):
+        counts = _check_postprocess(device, scores.float(), codes.float(), anchors.float(), [(2100, 2100)], None,
+                                    score_thresh=float("-inf"), topk=topk, nms_thresh=0.9, max_det=k,
+                                    topk_per_class=per_class, min_size=0.0)
+        assert counts.tolist() == [k]
+
+
 def test_postprocess_rpn_like(device):
     # One class (objectness), levels, NMS per level, a large top-k and no score threshold.
     scores, codes, anchors = make_detection_inputs(nb=2, levels=(600, 150, 40), nc=1)
