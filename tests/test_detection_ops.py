@@ -515,12 +515,13 @@ def test_postprocess_identical_boxes(device):
     assert counts.tolist() == [2]
 
 
-@pytest.mark.parametrize("nb, levels, nc", [(4, (300, 80, 20), 5), (1, (20000, 5000), 21)])
-def test_postprocess_thread_count_independent(nb, levels, nc):
-    # the second case: one image whose scan is split in chunks over the threads
+@pytest.mark.parametrize("nb, levels, nc, per_class", [(4, (300, 80, 20), 5, 50), (1, (50000, 10000), 21, 50),
+                                                       (1, (50000, 10000), 21, -1)])
+def test_postprocess_thread_count_independent(nb, levels, nc, per_class):
+    # the larger cases: one image whose scan (1.26 M pairs) and per-class cap are split over the threads
     scores, codes, anchors = make_detection_inputs(nb=nb, levels=levels, nc=nc, tie_scores=True)
     args = (scores, codes, anchors, [(200, 200)] * nb, list(levels), 0.05, 1000, 0.5, 100, (1.0, 1.0, 1.0, 1.0),
-            math.log(1000.0 / 16), 0.0, False, 50)
+            math.log(1000.0 / 16), 0.0, False, per_class)
     old = torch.get_num_threads()
     try:
         torch.set_num_threads(1)

@@ -102,6 +102,10 @@ void scan_above(const score_t* x, int64_t n, double score_thresh, int64_t base, 
 }
 
 constexpr int64_t kScanChunk = int64_t(1) << 16;  // pairs per scan task (fixed: results join in index order)
+// Work below these sizes runs on the calling thread: a parallel region costs more
+// than it saves there (and on a busy machine a descheduled partner thread stalls it).
+constexpr int64_t kScanTasksPerThread = 16;        // ~1 M pairs, ~0.15 ms of scan
+constexpr int64_t kCapKeysPerThread = int64_t(1) << 16;
 
 struct ScanTask {
   int64_t img, level, begin, end;  // flat pair range [begin, end) within the image
@@ -230,7 +234,7 @@ void run_postprocess(const Options& o, const std::vector<int64_t>& level_start, 
   // keyed[t][class_off[t][c] : class_off[t][c + 1]].
   std::vector<std::vector<key_t>> keyed(static_cast<size_t>(ntasks));
   std::vector<std::vector<int64_t>> class_off(static_cast<size_t>(cap_classes ? ntasks : 0));
-  at::parallel_for(0, ntasks, 1, [&](int64_t t0, int64_t t1) {
+  at::parallel_for(0, ntasks, kScanTasksPerThread, [&](int64_t t0, int64_t t1) {
     std::vector<int64_t> found, cls, pos;
     for (int64_t t = t0; t < t1; ++t) {
       const ScanTask& tk = tasks[t];
@@ -263,7 +267,11 @@ void run_postprocess(const Options& o, const std::vector<int64_t>& level_start, 
   // 2a. the per-class cap, per (image, level, class)
   std::vector<std::vector<key_t>> capped(static_cast<size_t>(cap_classes ? nimg * nlev * nc : 0));
   if (cap_classes) {
-    at::parallel_for(0, nimg * nlev * nc, 1, [&](int64_t j0, int64_t j1) {
+    int64_t nkeys = 0;
+    for (const auto& v : keyed) nkeys += static_cast<int64_t>(v.size());
+    const int64_t ncols = nimg * nlev * nc;
+    const int64_t grain = nkeys >= 2 * kCapKeysPerThread ? 1 : ncols;
+    at::parallel_for(0, ncols, grain, [&](int64_t j0, int64_t j1) {
       std::vector<key_t> tmp;
       for (int64_t j = j0; j < j1; ++j) {
         const int64_t il = j / nc, c = j % nc;
