@@ -1,21 +1,24 @@
 // CPU kernel of detection_postprocess, in three passes:
 //  1. scan: the (anchor, class) pairs above score_thresh are found in fixed
-//     chunks of each (image, level) range, the chunks spread over threads
-//     (float32 scores: 8 compares per AVX2 instruction and a bit mask, so a pass
-//     over the scores costs about a read of them). The chunk results are joined in
-//     index order, so nothing depends on the thread count.
-//  2. per image (images spread over threads) and level: with topk_per_class >= 0,
-//     the topk_per_class best of each class; then the topk_per_level best
-//     (nth_element: selection, no sort).
-//  3. per image: the candidates of all levels are visited in the order
-//     (score descending, anchor * C + class ascending), sorted lazily in growing
-//     pieces (nth_element + sort of the piece), because the visit stops at max_det
-//     kept boxes. Each visited candidate is decoded, clipped and size-filtered
-//     (common/postprocess_math.h) and kept unless a kept box of its NMS group has
-//     IoU > nms_thresh with it (common/nms_math.h): greedy NMS per group, and the
-//     max_det kept boxes are then already the max_det best.
-// The order is a strict total order (each pair once per image), so the result is
-// the one of a full sort.
+//     chunks of each (image, level) range, the chunks spread over threads when
+//     there are many (float32 scores: 8 compares per AVX2 instruction and a bit
+//     mask, so a pass over the scores costs about a read of them). Each chunk
+//     turns its pairs into keys (PackedKey / WideKey below), grouped by class when
+//     topk_per_class >= 0. Nothing depends on the thread count: the later steps
+//     select by a strict total order, so only the set of keys matters.
+//  2. with topk_per_class >= 0, the topk_per_class best of each (image, level,
+//     class), those spread over threads when there are many keys; then per image
+//     and level the topk_per_level best (keep_best: a sample pivot filter, then
+//     nth_element; no sort).
+//  3. per image (images spread over threads): the candidates of all levels are
+//     visited in the order (score descending, anchor * C + class ascending),
+//     sorted lazily in growing pieces (nth_element + sort of the piece), because
+//     the visit stops at max_det kept boxes. Each visited candidate is decoded,
+//     clipped and size-filtered (common/postprocess_math.h) and kept unless a kept
+//     box of its NMS group has IoU > nms_thresh with it (common/nms_math.h):
+//     greedy NMS per group, and the max_det kept boxes are then already the
+//     max_det best. The order is a strict total order (each pair once per image),
+//     so the result is the one of a full sort.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
