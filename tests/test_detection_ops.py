@@ -330,7 +330,7 @@ def test_focal_bad_input(device):
 
 
 def ref_postprocess(scores, codes, anchors, image_sizes, level_sizes, score_thresh, topk, nms_thresh, max_det,
-                    weights, clip, min_size, nms_by_level):
+                    weights, clip, min_size, nms_by_level, topk_per_class=-1):
     """The pipeline as a composition of pydetops ops (decode_boxes, remove_small_boxes, batched_nms)."""
     nb, na, nc = scores.shape
     per_class = codes.shape[2] == 4 * nc and nc != 1
@@ -343,6 +343,12 @@ def ref_postprocess(scores, codes, anchors, image_sizes, level_sizes, score_thre
         for lvl, size in enumerate(levels):
             s = scores[b, start:start + size].reshape(-1)
             idx = torch.where(s > score_thresh)[0]
+            if topk_per_class >= 0:  # each class's first topk_per_class in (score desc, index asc) order
+                by_class = []
+                for cls in range(nc):
+                    ci = idx[idx % nc == cls]
+                    by_class.append(ci[torch.argsort(s[ci], descending=True, stable=True)[:topk_per_class]])
+                idx = torch.sort(torch.cat(by_class)).values
             order = torch.argsort(s[idx], descending=True, stable=True)
             if topk >= 0:
                 order = order[:topk]
@@ -381,12 +387,12 @@ def make_detection_inputs(nb=2, levels=(300, 80, 20), nc=5, per_class=False, sha
 
 def _check_postprocess(device, scores, codes, anchors, image_sizes, level_sizes, score_thresh=0.05, topk=100,
                        nms_thresh=0.5, max_det=50, weights=(1.0, 1.0, 1.0, 1.0), clip=math.log(1000.0 / 16),
-                       min_size=1.0, nms_by_level=False):
+                       min_size=1.0, nms_by_level=False, topk_per_class=-1):
     ref = ref_postprocess(scores, codes, anchors, image_sizes, level_sizes, score_thresh, topk, nms_thresh, max_det,
-                          weights, clip, min_size, nms_by_level)
+                          weights, clip, min_size, nms_by_level, topk_per_class)
     boxes, sc, labels, counts = P.detection_postprocess_padded(
         scores.to(device), codes.to(device), anchors.to(device), image_sizes, level_sizes, score_thresh, topk,
-        nms_thresh, max_det, weights, clip, min_size, nms_by_level)
+        nms_thresh, max_det, weights, clip, min_size, nms_by_level, topk_per_class)
     assert boxes.shape == (scores.shape[0], max_det, 4) and sc.shape == labels.shape == (scores.shape[0], max_det)
     assert boxes.dtype == codes.dtype and sc.dtype == scores.dtype and labels.dtype == torch.int64
     for b, (rb, rs, rl) in enumerate(ref):
@@ -396,7 +402,8 @@ def _check_postprocess(device, scores, codes, anchors, image_sizes, level_sizes,
         assert torch.equal(labels[b, :k].cpu(), rl)
         assert (labels[b, k:] == -1).all() and (sc[b, k:] == 0).all() and (boxes[b, k:] == 0).all()
     lst = P.detection_postprocess(scores.to(device), codes.to(device), anchors.to(device), image_sizes, level_sizes,
-                                  score_thresh, topk, nms_thresh, max_det, weights, clip, min_size, nms_by_level)
+                                  score_thresh, topk, nms_thresh, max_det, weights, clip, min_size, nms_by_level,
+                                  topk_per_class)
     for b, d in enumerate(lst):
         assert torch.equal(d["boxes"], boxes[b, :int(counts[b])]) and torch.equal(d["labels"], labels[b, :int(counts[b])])
     return counts
@@ -420,6 +427,54 @@ def test_postprocess_ties_weights_and_options(device, dtype):
     _check_postprocess(device, scores, codes, anchors, sizes, None, topk=500, nms_by_level=True, min_size=0.0)
     _check_postprocess(device, scores, codes, anchors, sizes, [300, 80, 20], nms_by_level=True, max_det=5)
     _check_postprocess(device, scores, codes, anchors, sizes, [300, 0, 100], topk=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_postprocess_topk_per_class(device, dtype):
+    # SSD's per-class cap, alone and with the per-level one; ties (scores in steps of 1/8) broken by the index
+    scores, codes, anchors = make_detection_inputs(nb=2, levels=(300, 80, 20), nc=4, per_class=True, dtype=dtype,
+                                                   tie_scores=True)
+    sizes = [(200, 200), (120, 90)]
+    for per_class, topk, levels in ((7, -1, None), (7, 12, [300, 80, 20]), (0, -1, None), (30, 50, [300, 80, 20]),
+                                    (1000, -1, None)):
+        counts = _check_postprocess(device, scores, codes, anchors, sizes, levels, score_thresh=0.1, topk=topk,
+                                    max_det=300, topk_per_class=per_class)
+        assert (counts > 0).all() == (per_class > 0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_postprocess_large_levels(device, dtype):
+    # levels larger than the CPU scan's chunk (65536 pairs), lengths not multiples of the SIMD width,
+    # scores rounded to dtype (ties, values at the threshold), NaN and -inf among them
+    g = torch.Generator().manual_seed(3)
+    levels, nc = [9001, 2203, 7], 13
+    na = sum(levels)
+    scores = (torch.rand(2, na, nc, generator=g) ** 6).to(dtype)
+    scores[0, 17, 3] = float("nan")
+    scores[1, 4000:4100] = float("-inf")
+    scores[0, 100:110, :] = 0.05  # exactly the threshold: does not pass
+    codes = (torch.randn(2, na, 4, generator=g) * 0.2).to(dtype)
+    anchors = random_boxes(na, scale=300, max_side=50).to(dtype)
+    counts = _check_postprocess(device, scores, codes, anchors, [(300, 320), (310, 300)], levels, score_thresh=0.05,
+                                topk=4000, max_det=400, min_size=0.0)
+    assert (counts > 100).all()
+    _check_postprocess(device, scores, codes, anchors, [(300, 320), (310, 300)], None, score_thresh=0.5, topk=-1,
+                       max_det=200, topk_per_class=60, min_size=0.0)
+
+
+def test_postprocess_selection_against_a_misleading_sample(device):
+    # The CPU kernel's top-k pre-filters with a pivot from 256 evenly spaced candidates: here exactly
+    # those score highest, so the pivot keeps too few and the kernel must fall back to the full selection.
+    na, k = 4096, 300
+    scores = torch.rand(1, na, 1, dtype=torch.float64) * 0.5
+    scores[0, (torch.arange(256) * na) // 256, 0] = 0.9 + torch.rand(256, dtype=torch.float64) * 0.1
+    codes = torch.zeros(1, na, 4, dtype=torch.float64)
+    anchors = random_boxes(na, scale=2000, max_side=20)
+    for per_class, topk in ((k, -1), (-1, k)):
+        counts = _check_postprocess(device, scores.float(), codes.float(), anchors.float(), [(2100, 2100)], None,
+                                    score_thresh=float("-inf"), topk=topk, nms_thresh=0.9, max_det=k,
+                                    topk_per_class=per_class, min_size=0.0)
+        assert counts.tolist() == [k]
 
 
 def test_postprocess_rpn_like(device):
@@ -460,9 +515,13 @@ def test_postprocess_identical_boxes(device):
     assert counts.tolist() == [2]
 
 
-def test_postprocess_thread_count_independent():
-    scores, codes, anchors = make_detection_inputs(nb=4, tie_scores=True)
-    args = (scores, codes, anchors, [(200, 200)] * 4, [300, 80, 20])
+@pytest.mark.parametrize("nb, levels, nc, per_class", [(4, (300, 80, 20), 5, 50), (1, (50000, 10000), 21, 50),
+                                                       (1, (50000, 10000), 21, -1)])
+def test_postprocess_thread_count_independent(nb, levels, nc, per_class):
+    # the larger cases: one image whose scan (1.26 M pairs) and per-class cap are split over the threads
+    scores, codes, anchors = make_detection_inputs(nb=nb, levels=levels, nc=nc, tie_scores=True)
+    args = (scores, codes, anchors, [(200, 200)] * nb, list(levels), 0.05, 1000, 0.5, 100, (1.0, 1.0, 1.0, 1.0),
+            math.log(1000.0 / 16), 0.0, False, per_class)
     old = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
@@ -471,6 +530,7 @@ def test_postprocess_thread_count_independent():
         b = P.detection_postprocess_padded(*args)
     finally:
         torch.set_num_threads(old)
+    assert int(a[3].min()) > 0
     assert all(torch.equal(x, y) for x, y in zip(a, b))
 
 
@@ -495,6 +555,9 @@ def test_postprocess_bad_input(device):
         P.detection_postprocess_padded(scores, codes, anchors, sizes, weights=(1.0, 0.0, 1.0, 1.0))
     with pytest.raises(TypeError, match="scores"):
         P.detection_postprocess_padded(scores.long(), codes, anchors, sizes)
+    for bad in (2.5, True, None):
+        with pytest.raises(TypeError, match="topk_per_class"):
+            P.detection_postprocess_padded(scores, codes, anchors, sizes, topk_per_class=bad)
 
 
 # ------------------------------------------------------------------ opcheck / compile / script
@@ -512,6 +575,9 @@ def test_opcheck(device):
     torch.library.opcheck(torch.ops.pydetops.detection_postprocess.default,
                           (scores, codes, anch, [30, 10], [60, 60, 50, 70], 0.2, 10, 0.5, 20,
                            [1.0, 1.0, 1.0, 1.0], 4.0, 0.5, False))
+    torch.library.opcheck(torch.ops.pydetops.detection_postprocess.default,
+                          (scores, codes, anch, [30, 10], [60, 60, 50, 70], 0.2, 10, 0.5, 20,
+                           [1.0, 1.0, 1.0, 1.0], 4.0, 0.5, False, 3))
 
 
 def test_torch_compile_fullgraph(device):

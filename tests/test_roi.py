@@ -388,6 +388,29 @@ def test_multi_level_roi_align_matches_per_level(device):
         fast_mode=True)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("C", [19, 48])
+def test_multi_level_roi_align_all_channels_last(device, dtype, C):
+    # Every map channels-last takes the CPU kernel's RoI-parallel path: the same bits as the contiguous
+    # maps' channel-block path, RoIs without a level pooling to zeros, for any thread count.
+    feats = [randn_map(2, C, 24 // 2**i, 30 // 2**i, dtype).to(device) for i in range(3)]
+    scales = [0.5, 0.25, 0.125]
+    rois = (random_rois(300, 2, 12, 15, 1.0) * torch.tensor([1, 4, 4, 4, 4.0], dtype=torch.float64)).to(dtype)
+    levels = torch.randint(-1, 4, (300,))
+    rois, levels = rois.to(device), levels.to(device)
+    feats_cl = [f.to(memory_format=torch.channels_last) for f in feats]
+    want = ops.multi_level_roi_align(feats, rois, levels, scales, 7, 2, True)
+    prev = torch.get_num_threads()
+    try:
+        for threads in (1, max(2, prev)):
+            torch.set_num_threads(threads)
+            got = ops.multi_level_roi_align(feats_cl, rois, levels, scales, 7, 2, True)
+            assert torch.equal(got, want)
+    finally:
+        torch.set_num_threads(prev)
+    assert (want[(levels < 0) | (levels > 2)] == 0).all() and want.abs().sum() > 0
+
+
 def _ref_level_mapper(boxes, k_min, k_max, s0=224, k0=4, eps=1e-6):
     out = []
     for b in torch.cat(boxes).double().tolist():

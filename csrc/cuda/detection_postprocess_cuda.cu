@@ -2,7 +2,9 @@
 // (every size is known from the shapes; the image sizes travel in one pinned,
 // asynchronous copy):
 //  1. per level (ATen, on the device): scores not above score_thresh become
-//     -inf; a stable descending sort per image gives the level's candidates in
+//     -inf; with topk_per_class >= 0, a stable descending sort of each (image,
+//     class) column ranks the anchors and all but the topk_per_class best become
+//     -inf too; a stable descending sort per image gives the level's candidates in
 //     (score, index) order; the first min(topk_per_level, A_l * C) are kept.
 //  2. decode_kernel: one thread per candidate decodes, clips and size-filters it
 //     (common/postprocess_math.h); rejected candidates get the key -inf.
@@ -109,9 +111,10 @@ __global__ void nms_kernel(const acc_t* __restrict__ boxes, const double* __rest
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> detection_postprocess_cuda(
     const at::Tensor& scores, const at::Tensor& codes, const at::Tensor& anchors, at::IntArrayRef level_sizes,
     at::IntArrayRef image_sizes, double score_thresh, int64_t topk_per_level, double nms_thresh, int64_t max_det,
-    at::ArrayRef<double> weights, double bbox_xform_clip, double min_size, bool nms_by_level) {
+    at::ArrayRef<double> weights, double bbox_xform_clip, double min_size, bool nms_by_level,
+    int64_t topk_per_class) {
   check_detection_postprocess_args(scores, codes, anchors, level_sizes, image_sizes, score_thresh, topk_per_level,
-                                   nms_thresh, max_det, weights, bbox_xform_clip, min_size);
+                                   nms_thresh, max_det, weights, bbox_xform_clip, min_size, topk_per_class);
   const c10::cuda::CUDAGuard guard(scores.device());
   const std::vector<int64_t> levels = detection_level_sizes(scores, level_sizes);
   const int64_t nimg = scores.size(0), na = scores.size(1), nc = scores.size(2);
@@ -130,8 +133,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> detection_postprocess
     const int64_t cap = topk_per_level >= 0 ? std::min(topk_per_level, pairs) : pairs;
     if (cap > 0) {
       const at::Tensor sl = scores.narrow(1, start, levels[l]).reshape({nimg, pairs});
-      const at::Tensor masked =
-          at::where(sl > score_thresh, sl, at::full({}, -std::numeric_limits<double>::infinity(), sl.options()));
+      const at::Tensor neg_inf = at::full({}, -std::numeric_limits<double>::infinity(), sl.options());
+      at::Tensor masked = at::where(sl > score_thresh, sl, neg_inf);
+      if (topk_per_class >= 0 && topk_per_class < levels[l]) {
+        // rank the anchors of each (image, class) column: ties by the lower anchor (stable sort)
+        const at::Tensor cols = masked.view({nimg, levels[l], nc});
+        const at::Tensor rank = std::get<1>(at::sort(cols, /*stable=*/true, /*dim=*/1, /*descending=*/true));
+        const at::Tensor drop = rank.narrow(1, topk_per_class, levels[l] - topk_per_class);
+        masked = cols.scatter(1, drop, -std::numeric_limits<double>::infinity()).view({nimg, pairs});
+      }
       auto sorted = at::sort(masked, /*stable=*/true, /*dim=*/1, /*descending=*/true);
       vals.push_back(std::get<0>(sorted).narrow(1, 0, cap));
       flats.push_back(std::get<1>(sorted).narrow(1, 0, cap) + start * nc);

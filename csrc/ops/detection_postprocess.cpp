@@ -1,6 +1,7 @@
 // Schema of detection_postprocess: a detector's whole post-processing for a
 // batch of B images in one call, per image:
 //   per level: candidates (anchor, class) with score > score_thresh -> the
+//   with topk_per_class >= 0 the topk_per_class best of each class -> the
 //   topk_per_level best (decreasing score, ties: lower anchor * C + class) ->
 //   decode (BoxCoder weights, bbox_xform_clip) -> clip to the image -> drop
 //   boxes narrower or lower than min_size; then over all levels: NMS within each
@@ -19,7 +20,8 @@ namespace pydetops {
 void check_detection_postprocess_args(const at::Tensor& scores, const at::Tensor& codes, const at::Tensor& anchors,
                                       at::IntArrayRef level_sizes, at::IntArrayRef image_sizes, double score_thresh,
                                       int64_t topk_per_level, double nms_thresh, int64_t max_det,
-                                      at::ArrayRef<double> weights, double bbox_xform_clip, double min_size) {
+                                      at::ArrayRef<double> weights, double bbox_xform_clip, double min_size,
+                                      int64_t topk_per_class) {
   TORCH_CHECK_VALUE(scores.dim() == 3, "scores must be a Tensor[B, A, C] (image, anchor, class), got shape ",
                     scores.sizes());
   check_floating(scores, "scores");
@@ -58,6 +60,7 @@ void check_detection_postprocess_args(const at::Tensor& scores, const at::Tensor
   TORCH_CHECK_VALUE(!std::isnan(bbox_xform_clip), "bbox_xform_clip must not be NaN");
   TORCH_CHECK_VALUE(!std::isnan(min_size), "min_size must not be NaN");
   (void)topk_per_level;  // any value: negative keeps every candidate
+  (void)topk_per_class;  // any value: negative means no per-class cap
   TORCH_CHECK_VALUE(a * c < (int64_t(1) << 62), "scores has too many (anchor, class) pairs per image");
 }
 
@@ -69,12 +72,13 @@ std::vector<int64_t> detection_level_sizes(const at::Tensor& scores, at::IntArra
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> detection_postprocess(
     const at::Tensor& scores, const at::Tensor& codes, const at::Tensor& anchors, at::IntArrayRef level_sizes,
     at::IntArrayRef image_sizes, double score_thresh, int64_t topk_per_level, double nms_thresh, int64_t max_det,
-    at::ArrayRef<double> weights, double bbox_xform_clip, double min_size, bool nms_by_level) {
+    at::ArrayRef<double> weights, double bbox_xform_clip, double min_size, bool nms_by_level,
+    int64_t topk_per_class) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("pydetops::detection_postprocess", "")
                        .typed<decltype(detection_postprocess)>();
   return op.call(scores, codes, anchors, level_sizes, image_sizes, score_thresh, topk_per_level, nms_thresh, max_det,
-                 weights, bbox_xform_clip, min_size, nms_by_level);
+                 weights, bbox_xform_clip, min_size, nms_by_level, topk_per_class);
 }
 
 }  // namespace pydetops
@@ -85,5 +89,5 @@ TORCH_LIBRARY_FRAGMENT(pydetops, m) {
       "detection_postprocess(Tensor scores, Tensor codes, Tensor anchors, int[] level_sizes, int[] image_sizes, "
       "float score_thresh=0.05, int topk_per_level=1000, float nms_thresh=0.5, int max_det=100, "
       "float[4] weights=[1.0, 1.0, 1.0, 1.0], float bbox_xform_clip=4.135166556742356, float min_size=0.0, "
-      "bool nms_by_level=False) -> (Tensor, Tensor, Tensor, Tensor)");
+      "bool nms_by_level=False, int topk_per_class=-1) -> (Tensor, Tensor, Tensor, Tensor)");
 }

@@ -169,6 +169,7 @@ def detection_postprocess_padded(
     bbox_xform_clip: float = _DEFAULT_CLAMP,
     min_size: float = 0.0,
     nms_by_level: bool = False,
+    topk_per_class: int = -1,
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """A detector's post-processing for a batch of images in one call, fixed-shape output.
 
@@ -176,8 +177,9 @@ def detection_postprocess_padded(
 
     1. per level, the (anchor, class) pairs with ``score > score_thresh`` (in the
        scores' dtype; NaN never passes) are ordered by decreasing score, ties by
-       the lower ``anchor * C + class``, and the first ``topk_per_level`` are kept
-       (a negative value keeps all; no cap);
+       the lower ``anchor * C + class``; with ``topk_per_class >= 0`` only the first
+       ``topk_per_class`` of each class stay (SSD's per-class top-k); then the first
+       ``topk_per_level`` are kept (a negative value keeps all; no cap);
     2. each is decoded (``decode_boxes``: BoxCoder ``weights``, ``bbox_xform_clip``)
        from its anchor and its code (``codes[b, a, 4c:4c+4]`` for per-class codes,
        ``codes[b, a, :4]`` for class-agnostic ones), clipped to the image, and
@@ -199,7 +201,7 @@ def detection_postprocess_padded(
         image_sizes: (height, width) of each image, for the clip.
         level_sizes: anchors per level (in order, summing to A); None: one level.
         score_thresh, topk_per_level, nms_thresh, max_det, weights,
-        bbox_xform_clip, min_size, nms_by_level: as above.
+        bbox_xform_clip, min_size, nms_by_level, topk_per_class: as above.
 
     Returns:
         (boxes Tensor[B, max_det, 4] in ``codes``' dtype, scores Tensor[B, max_det],
@@ -208,6 +210,8 @@ def detection_postprocess_padded(
         boxes and scores with label -1. Not differentiable.
     """
     levels: List[int] = [] if level_sizes is None else [int(s) for s in level_sizes]
+    if not isinstance(topk_per_class, int) or isinstance(topk_per_class, bool):
+        raise TypeError(f"topk_per_class must be an int (negative: no per-class cap), got {topk_per_class}")
     if len(weights) != 4:
         raise ValueError(f"weights must be 4 numbers (wx, wy, ww, wh), got {len(weights)}")
     return torch.ops.pydetops.detection_postprocess(
@@ -224,6 +228,7 @@ def detection_postprocess_padded(
         float(bbox_xform_clip),
         float(min_size),
         bool(nms_by_level),
+        int(topk_per_class),
     )
 
 
@@ -241,6 +246,7 @@ def detection_postprocess(
     bbox_xform_clip: float = _DEFAULT_CLAMP,
     min_size: float = 0.0,
     nms_by_level: bool = False,
+    topk_per_class: int = -1,
 ) -> List[Dict[str, Tensor]]:
     """:func:`detection_postprocess_padded`, as one ``{"boxes", "scores", "labels"}`` dict per image.
 
@@ -249,7 +255,7 @@ def detection_postprocess(
     """
     boxes, sc, labels, counts = detection_postprocess_padded(
         scores, codes, anchors, image_sizes, level_sizes, score_thresh, topk_per_level, nms_thresh, max_det,
-        weights, bbox_xform_clip, min_size, nms_by_level,
+        weights, bbox_xform_clip, min_size, nms_by_level, topk_per_class,
     )
     n: List[int] = counts.tolist()
     out: List[Dict[str, Tensor]] = []
@@ -298,6 +304,7 @@ def _sigmoid_focal_loss_backward_fake(grad, inputs, targets, alpha, gamma, reduc
 def _detection_postprocess_fake(
     scores, codes, anchors, level_sizes, image_sizes, score_thresh=0.05, topk_per_level=1000, nms_thresh=0.5,
     max_det=100, weights=(1.0, 1.0, 1.0, 1.0), bbox_xform_clip=_DEFAULT_CLAMP, min_size=0.0, nms_by_level=False,
+    topk_per_class=-1,
 ):
     torch._check_value(scores.dim() == 3, lambda: "scores must be a Tensor[B, A, C]")
     torch._check_value(codes.dim() == 3, lambda: "codes must be a Tensor[B, A, 4] or Tensor[B, A, 4 * C]")
