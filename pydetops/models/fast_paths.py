@@ -220,8 +220,8 @@ def fuse_conv_activations_(module: nn.Module,
 
     1. Every submodule with a ``fuse_()`` method fuses its own convolutions (the residual blocks,
        the FPN's lateral convs + top-down addition, a ResNet stem): it knows its forward's graph.
-    2. In every ``nn.Sequential`` (ConvNormAct, VGG's trunk, the RPN / RetinaNet / mask / keypoint
-       head convs), each ``Conv2d`` followed (after ``Identity``s the folding left) by an activation
+    2. In every ``nn.Sequential`` that runs its children in order (ConvNormAct, VGG's trunk, the
+       RPN / RetinaNet / mask / keypoint head convs; not a subclass with its own forward), each ``Conv2d`` followed (after ``Identity``s the folding left) by an activation
        of ``activations`` becomes a FusedConv2d at the conv's index (same ``state_dict`` keys) and
        the activation an Identity.
 
@@ -232,8 +232,8 @@ def fuse_conv_activations_(module: nn.Module,
         if callable(fuse):
             fuse()
     for seq in list(module.modules()):
-        if not isinstance(seq, nn.Sequential):
-            continue
+        if not isinstance(seq, nn.Sequential) or type(seq).forward is not nn.Sequential.forward:
+            continue  # a Sequential with its own forward may read a conv's output before its activation
         names = [n for n, _ in seq.named_children()]
         for i, name in enumerate(names):
             conv = getattr(seq, name)
