@@ -53,12 +53,11 @@ class FusedConv2d(nn.Module):
       activation as post-ops (``torch.ops.mkldnn._convolution_pointwise``), one pass over the
       output. Taken for float32 CPU tensors where eager conv2d would run oneDNN channels-last
       (:meth:`_runs_channels_last`, :meth:`_eager_uses_onednn`: elsewhere ATen's own kernel
-      rounds differently), a
-      ``residual`` (if any) of the output's shape and dtype, no autograd needed (grad disabled or
-      nothing requiring grad), no CPU autocast, and an activation with a residual of "none" or
-      "relu" (oneDNN has no other post-sum activation);
+      rounds differently), a ``residual`` (if any) of the output's shape and dtype, no autograd
+      needed (grad disabled or nothing requiring grad), no CPU autocast, and with a residual an
+      activation of "none" or "relu" (oneDNN has no other post-sum activation);
     * otherwise ``F.conv2d`` (+ residual) and the activation as torch's functions: CUDA, float64,
-      contiguous (NCHW) input, training, TorchScript (``torch.jit.script`` compiles this path
+      NCHW input and weight, training, TorchScript (``torch.jit.script`` compiles this path
       only), bad input (which raises torch's usual errors).
 
     Exactness against ``F.conv2d`` then the activation (channels-last float32, same thread count):
