@@ -3,10 +3,11 @@
 For each detector (random weights, seeded): two copies with the same weights, both folded and
 channels-last, one with ``fuse=False`` and one with ``fuse=True`` (the default). Times, alternating
 the two on the same input so that load drifts hit both alike: the backbone + FPN on the padded
-batch tensor, and the whole model on one image (800 x 1088; SSD300: 300 x 300). Prints medians,
-their ratio and whether the outputs are identical (features max abs diff, detections equal).
+batch tensor, and the whole model on one image (800 x 1088; SSD300: 300 x 300). Prints wall and
+CPU-time medians, their ratios and whether the outputs are identical (features max abs diff,
+detections equal).
 
-    python benchmarks/fuse_side_by_side.py [--threads 2] [--repeats 5] [--models fasterrcnn_resnet50_fpn,...]
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/fuse_side_by_side.py [--threads 2] [--repeats 5] [--models a,b]
 """
 import argparse
 import copy
@@ -29,17 +30,24 @@ MODELS = {
 }
 
 
-def _median_ms(fn_a, fn_b, repeats):
-    ta, tb = [], []
+def _side_by_side(fn_a, fn_b, repeats):
+    """Wall and CPU (all threads) milliseconds of ``fn_a`` and ``fn_b``, run alternately: their
+    medians and the median of the per-pair wall ratios (each pair back to back, robust to drift).
+    On a loaded machine the wall time waits for the CPU; the CPU time (with
+    OMP_WAIT_POLICY=PASSIVE, so that waiting threads sleep instead of spinning) counts the work."""
+    wall = {0: [], 1: []}
+    cpu = {0: [], 1: []}
     with torch.no_grad():
         fn_a(), fn_b()  # warm-up (oneDNN primitive caches, allocator)
         for i in range(repeats):
-            for fn, acc in ((fn_a, ta), (fn_b, tb)) if i % 2 == 0 else ((fn_b, tb), (fn_a, ta)):
-                t = time.perf_counter()
+            for k in ((0, 1) if i % 2 == 0 else (1, 0)):
+                fn = fn_a if k == 0 else fn_b
+                t, c = time.perf_counter(), time.process_time()
                 fn()
-                acc.append((time.perf_counter() - t) * 1e3)
-    # medians, and the median of the per-pair ratios (each pair ran back to back: robust to load drift)
-    return statistics.median(ta), statistics.median(tb), statistics.median(a / b for a, b in zip(ta, tb))
+                wall[k].append((time.perf_counter() - t) * 1e3)
+                cpu[k].append((time.process_time() - c) * 1e3)
+    med = statistics.median
+    return (med(wall[0]), med(wall[1]), med(a / b for a, b in zip(wall[0], wall[1])), med(cpu[0]), med(cpu[1]))
 
 
 def main():
@@ -51,8 +59,9 @@ def main():
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} threads, {args.repeats} repeats; "
           f"loadavg {open('/proc/loadavg').read().split()[:3]}")
-    print("model | backbone+FPN unfused ms | fused ms | ratio of medians | median pair ratio | whole unfused ms | "
-          "fused ms | ratio of medians | median pair ratio | fused convs | features max diff | detections equal (count)")
+    print("model | part | unfused wall ms | fused wall ms | ratio | median pair ratio | unfused CPU ms | "
+          "fused CPU ms | CPU ratio")
+    details = []
     for name in args.models.split(","):
         ctor, hw = MODELS[name]
         torch.manual_seed(0)
@@ -68,11 +77,15 @@ def main():
             diff = max(float((fa[k] - fb[k]).abs().max()) for k in fa)
             da, db = plain([img])[0], fused([img])[0]
         equal = all(torch.equal(da[k], db[k]) for k in da)
-        bb_a, bb_b, bb_r = _median_ms(lambda: plain.backbone(batch), lambda: fused.backbone(batch), args.repeats)
-        wm_a, wm_b, wm_r = _median_ms(lambda: plain([img]), lambda: fused([img]), args.repeats)
-        print(f"{name} | {bb_a:.0f} | {bb_b:.0f} | {bb_a / bb_b:.3f} | {bb_r:.3f} | {wm_a:.0f} | {wm_b:.0f} | "
-              f"{wm_a / wm_b:.3f} | {wm_r:.3f} | {n_fused} | {diff:.3g} | {equal} ({len(da['boxes'])})", flush=True)
+        for part, fa_, fb_ in (("backbone+FPN", lambda: plain.backbone(batch), lambda: fused.backbone(batch)),
+                               ("whole", lambda: plain([img]), lambda: fused([img]))):
+            wa, wb, wr, ca, cb = _side_by_side(fa_, fb_, args.repeats)
+            print(f"{name} | {part} | {wa:.0f} | {wb:.0f} | {wa / wb:.3f} | {wr:.3f} | {ca:.0f} | {cb:.0f} | "
+                  f"{ca / cb:.3f}", flush=True)
+        details.append(f"{name}: {n_fused} FusedConv2d, features max abs diff {diff:.3g}, detections equal "
+                       f"{equal} ({len(da['boxes'])} detections)")
         del model, plain, fused
+    print("\n".join(details))
     print(f"loadavg after {open('/proc/loadavg').read().split()[:3]}")
 
 

@@ -63,12 +63,11 @@ class FusedConv2d(nn.Module):
       activation as post-ops (``torch.ops.mkldnn._convolution_pointwise``), one pass over the
       output. Taken for float32 CPU tensors where eager conv2d would run oneDNN channels-last
       (:meth:`_runs_channels_last`, :meth:`_eager_uses_onednn`: elsewhere ATen's own kernel
-      rounds differently), a
-      ``residual`` (if any) of the output's shape and dtype, no autograd needed (grad disabled or
-      nothing requiring grad), no CPU autocast, and an activation with a residual of "none" or
-      "relu" (oneDNN has no other post-sum activation);
+      rounds differently), a ``residual`` (if any) of the output's shape and dtype, no autograd
+      needed (grad disabled or nothing requiring grad), no CPU autocast, and with a residual an
+      activation of "none" or "relu" (oneDNN has no other post-sum activation);
     * otherwise ``F.conv2d`` (+ residual) and the activation as torch's functions: CUDA, float64,
-      contiguous (NCHW) input, training, TorchScript (``torch.jit.script`` compiles this path
+      NCHW input and weight, training, TorchScript (``torch.jit.script`` compiles this path
       only), bad input (which raises torch's usual errors).
 
     Exactness against ``F.conv2d`` then the activation (channels-last float32, same thread count):
@@ -257,8 +256,8 @@ def fuse_conv_activations_(module: nn.Module,
 
     1. Every submodule with a ``fuse_()`` method fuses its own convolutions (the residual blocks,
        the FPN's lateral convs + top-down addition, a ResNet stem): it knows its forward's graph.
-    2. In every ``nn.Sequential`` (ConvNormAct, VGG's trunk, the RPN / RetinaNet / mask / keypoint
-       head convs), each ``Conv2d`` followed (after ``Identity``s the folding left) by an activation
+    2. In every ``nn.Sequential`` that runs its children in order (ConvNormAct, VGG's trunk, the
+       RPN / RetinaNet / mask / keypoint head convs; not a subclass with its own forward), each ``Conv2d`` followed (after ``Identity``s the folding left) by an activation
        of ``activations`` becomes a FusedConv2d at the conv's index (same ``state_dict`` keys) and
        the activation an Identity.
 
@@ -269,8 +268,8 @@ def fuse_conv_activations_(module: nn.Module,
         if callable(fuse):
             fuse()
     for seq in list(module.modules()):
-        if not isinstance(seq, nn.Sequential):
-            continue
+        if not isinstance(seq, nn.Sequential) or type(seq).forward is not nn.Sequential.forward:
+            continue  # a Sequential with its own forward may read a conv's output before its activation
         names = [n for n, _ in seq.named_children()]
         for i, name in enumerate(names):
             conv = getattr(seq, name)
