@@ -8,7 +8,7 @@ Feature maps are ``Tensor[N, C, H, W]``; a backbone's ``forward`` returns an ord
 ``name -> feature map`` (finest first), and ``out_channels`` is the channels of every map.
 """
 from collections import OrderedDict
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +30,8 @@ __all__ = [
     "resnet_fpn_backbone",
     "mobilenet_v3_fpn_backbone",
     "fold_frozen_batchnorm_",
+    "conv_norm",
+    "conv_relu",
     "norm_layer_by_name",
     "single_map_backbone",
 ]
@@ -74,6 +76,114 @@ class FrozenBatchNorm2d(nn.Module):
         return f"{self.weight.shape[0]}, eps={self.eps}"
 
 
+def conv_norm(conv: nn.Module, norm: Optional[nn.Module], x: Tensor, fold: bool = True, relu: bool = False,
+              residual: Optional[Tensor] = None) -> Tensor:
+    """``norm(conv(x))``, then ``+ residual`` and ReLU if asked (``relu(norm(conv(x)) + residual)``).
+
+    With ``fold`` and a FrozenBatchNorm2d (or an Identity, or None: no norm) ``norm`` after an
+    ``nn.Conv2d``, the norm is folded into the convolution ON THE FLY: one convolution with weight
+    ``conv.weight * scale`` and bias ``shift (+ conv.bias * scale)``, no elementwise passes over the
+    map. With ``relu`` the ReLU (and the residual sum) then run inside the convolution where oneDNN
+    can (float32 CPU tensors: :func:`conv_relu`), else as separate ops.
+
+    Differentiable in ``conv.weight`` / ``conv.bias`` (their gradients are the folded ones times
+    ``scale``), in ``x`` and in ``residual``; the module's parameters and ``state_dict`` are untouched.
+    Equal to the unfolded composition up to float rounding (the product is rounded in a different
+    order). Without ``fold``, or for any other pair (a trainable BatchNorm2d, a fused conv module),
+    the plain layer graph runs. ``x``: Tensor[N, C_in, H, W]; ``residual``: the output's shape
+    Tensor[N, C_out, H', W'] (needs ``relu``).
+    """
+    if residual is not None and not relu:
+        raise ValueError("conv_norm: residual needs relu=True")
+    folded = _fold_on_the_fly(conv, norm) if fold else None
+    if folded is None:
+        out = conv(x) if norm is None else norm(conv(x))
+        if residual is not None:
+            out = out + residual
+        return torch.relu_(out) if relu else out
+    weight, bias = folded
+    if relu:
+        return conv_relu(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups, residual)
+    return conv._conv_forward(x, weight, bias)
+
+
+def _fold_on_the_fly(conv: nn.Module, norm: Optional[nn.Module]) -> Optional[Tuple[Tensor, Optional[Tensor]]]:
+    """(weight, bias) of ``conv`` with ``norm`` (None: none) folded in (differentiable), or None if not
+    foldable."""
+    if type(conv) is not nn.Conv2d or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+        return None
+    if norm is None or isinstance(norm, nn.Identity):
+        return conv.weight, conv.bias
+    if not isinstance(norm, FrozenBatchNorm2d):
+        return None
+    scale, shift = norm.scale_shift()
+    weight = conv.weight * scale.reshape(-1, 1, 1, 1)
+    return weight, (shift if conv.bias is None else conv.bias * scale + shift)
+
+
+def _pointwise_conv_usable(x: Tensor, weight: Tensor, residual: Optional[Tensor]) -> bool:
+    if not (x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
+            and x.dim() == 4 and torch.backends.mkldnn.is_available() and _HAS_POINTWISE_CONV):
+        return False
+    if torch.is_autocast_enabled("cpu") or torch.jit.is_scripting() or torch.jit.is_tracing():
+        return False
+    return residual is None or (residual.dtype == torch.float32 and residual.device.type == "cpu")
+
+
+_HAS_POINTWISE_CONV = hasattr(torch.ops, "mkldnn") and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+
+
+class _ConvReLU(torch.autograd.Function):
+    """relu(conv2d(x, weight, bias) [+ residual]) as ONE oneDNN convolution with post-ops (forward);
+    backward: ReLU's mask, then ``aten.convolution_backward`` (the gradients torch's own autograd
+    computes for the unfused ops; the residual's is the masked gradient itself)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, residual, stride, padding, dilation, groups):
+        ops = torch.ops.mkldnn._convolution_pointwise
+        if residual is None:
+            y = ops(x, weight, bias, padding, stride, dilation, groups, "relu", [], "")
+        else:
+            y = ops.binary(x, residual, weight, bias, padding, stride, dilation, groups, "add", None, "relu", [], "")
+        ctx.save_for_backward(x, weight, y)
+        ctx.conf = (stride, padding, dilation, groups, bias is not None, residual is not None)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight, y = ctx.saved_tensors
+        stride, padding, dilation, groups, has_bias, has_residual = ctx.conf
+        need = ctx.needs_input_grad
+        grad = torch.ops.aten.threshold_backward(grad, y, 0)
+        gx = gw = gb = None
+        mask = [need[0], need[1], has_bias and need[2]]
+        if any(mask):
+            gx, gw, gb = torch.ops.aten.convolution_backward(
+                grad, x, weight, [weight.shape[0]] if has_bias else None, list(stride), list(padding),
+                list(dilation), False, [0, 0], groups, mask)
+        return gx, gw, gb, (grad if has_residual and need[3] else None), None, None, None, None
+
+
+def conv_relu(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride=(1, 1), padding=(0, 0), dilation=(1, 1),
+              groups: int = 1, residual: Optional[Tensor] = None) -> Tensor:
+    """``relu(conv2d(x, weight, bias, stride, padding, dilation, groups) [+ residual])``.
+
+    On float32 CPU tensors one oneDNN convolution with the sum and the ReLU as post-ops (the same
+    values as the separate ops: the sum and max run in float32 on the accumulated result), with its
+    own backward (:class:`_ConvReLU`); elsewhere the separate ops. ``x``: Tensor[N, C_in, H, W],
+    ``weight``: Tensor[C_out, C_in / groups, kh, kw], ``residual``: Tensor[N, C_out, H', W'].
+    """
+    stride, padding, dilation = tuple(stride), tuple(padding), tuple(dilation)
+    if _pointwise_conv_usable(x, weight, residual):
+        if residual is not None and residual.shape[1:] != (weight.shape[0],) + tuple(residual.shape[2:]):
+            raise ValueError(f"residual: expected {weight.shape[0]} channels, got shape {list(residual.shape)}")
+        return _ConvReLU.apply(x, weight, bias, residual, stride, padding, dilation, groups)
+    out = F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+    if residual is not None:
+        out = out + residual
+    return torch.relu_(out)
+
+
 def _group_norm(num_features: int) -> nn.GroupNorm:
     groups = 32
     while num_features % groups:
@@ -108,6 +218,25 @@ class ConvNormAct(nn.Sequential):
         super().__init__(*layers)
         self.out_channels = out_channels
 
+    # True: a FrozenBatchNorm2d at index 1 is folded into the conv on the fly (``conv_norm``); set by
+    # the detectors' ``use_channels_last()`` fast path. False: nn.Sequential's plain layer graph.
+    fold_frozen_bn = False
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.fold_frozen_bn:
+            return super().forward(x)
+        if len(self) == 2 and type(self[1]) is nn.ReLU:  # no norm: conv + ReLU (e.g. the RPN head's)
+            return conv_norm(self[0], None, x, relu=True)
+        if len(self) < 2:
+            return super().forward(x)
+        layers = list(self)
+        if len(layers) == 3 and type(layers[2]) is nn.ReLU:
+            return conv_norm(layers[0], layers[1], x, relu=True)
+        x = conv_norm(layers[0], layers[1], x)
+        for layer in layers[2:]:
+            x = layer(x)
+        return x
+
 
 # ---------------------------------------------------------------------------
 # ResNet (He et al. 2016), torchvision's v1.5 (stride in the 3x3 conv)
@@ -134,7 +263,13 @@ class BasicBlock(nn.Module):
         self.bn2 = norm_layer(width)
         self.downsample = downsample
 
+    fold_frozen_bn = False  # see Bottleneck
+
     def forward(self, x: Tensor) -> Tensor:
+        if self.fold_frozen_bn:
+            identity = x if self.downsample is None else _downsample(self.downsample, x)
+            out = conv_norm(self.conv1, self.bn1, x, relu=True)
+            return conv_norm(self.conv2, self.bn2, out, relu=True, residual=identity)
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
@@ -155,12 +290,29 @@ class Bottleneck(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
 
+    # True: every FrozenBatchNorm2d is folded into its conv on the fly (``conv_norm``: no elementwise
+    # passes, same parameters); set by the detectors' ``use_channels_last()`` fast path. False:
+    # torchvision's layer graph.
+    fold_frozen_bn = False
+
     def forward(self, x: Tensor) -> Tensor:
+        if self.fold_frozen_bn:  # the same function, fewer passes (conv_norm)
+            identity = x if self.downsample is None else _downsample(self.downsample, x)
+            out = conv_norm(self.conv1, self.bn1, x, relu=True)
+            out = conv_norm(self.conv2, self.bn2, out, relu=True)
+            return conv_norm(self.conv3, self.bn3, out, relu=True, residual=identity)
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
         return self.relu(out + identity)
+
+
+def _downsample(downsample: nn.Module, x: Tensor) -> Tensor:
+    """A residual block's shortcut ``Sequential(conv1x1, norm)`` with the norm folded (``conv_norm``)."""
+    if isinstance(downsample, nn.Sequential) and len(downsample) == 2:
+        return conv_norm(downsample[0], downsample[1], x)
+    return downsample(x)
 
 
 class ResNet(nn.Module):
@@ -472,8 +624,14 @@ class _ResNetBody(nn.Module):
         self._stem = [n for n, _ in self.named_children() if not n.startswith("layer")]
         self._layers = [n for n, _ in self.named_children() if n.startswith("layer")]
 
+    fold_frozen_bn = False  # True: the stem's conv1, bn1 (folded on the fly) and relu as one op (``conv_norm``)
+
     def forward(self, x: Tensor) -> Dict[str, Tensor]:
-        for name in self._stem:
+        stem = self._stem
+        if self.fold_frozen_bn and stem[:3] == ["conv1", "bn1", "relu"]:
+            x = conv_norm(self.conv1, self.bn1, x, relu=True)
+            stem = stem[3:]
+        for name in stem:
             x = getattr(self, name)(x)
         out: Dict[str, Tensor] = OrderedDict()
         for name in self._layers:

@@ -3,6 +3,10 @@
 ``use_channels_last(True)`` puts the detector's convolutional modules (``CHANNELS_LAST_MODULES``,
 dotted attribute names) and its input batch in channels-last memory format (NHWC): oneDNN's
 CPU convolutions run faster so, and pydetops' RoI ops read it in place. Training or inference.
+It also folds every FrozenBatchNorm2d of those modules into its convolution ON THE FLY
+(``backbones.conv_norm``: same parameters and ``state_dict``, no elementwise passes), runs the
+RPN head's two 1x1 predictors as one convolution, and keeps the gradients channels-last where the
+RoI ops' backward would hand back NCHW (``roi_features``); see ``FAST_PATH_FLAGS``.
 
 ``optimize_for_inference()``: eval mode, the backbone's (Frozen)BatchNorm folded into its
 convolutions, channels-last. Inference only: the folded model's ``state_dict`` keys differ.
@@ -11,7 +15,8 @@ Both change only the order of floating-point operations: features differ from th
 model's by float rounding (~5e-6 relative), which can reorder near-tied scores. The plain model
 (the default) runs torchvision's exact layer graph and gives its detections.
 """
-from typing import Tuple
+from collections import OrderedDict
+from typing import Dict, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -19,6 +24,24 @@ from torch import Tensor, nn
 from .backbones import fold_frozen_batchnorm_
 
 __all__ = ["FastPathsMixin"]
+
+
+# Module attributes that ``use_channels_last()`` switches with it (each module documents its own):
+# ``fold_frozen_bn`` (ResNet blocks and stem, ConvNormAct: FrozenBatchNorm2d folded into the conv on
+# the fly), ``fuse_sibling_convs`` (RPNHead: its two 1x1 predictors as one convolution).
+FAST_PATH_FLAGS = ("fold_frozen_bn", "fuse_sibling_convs")
+
+
+class _ChannelsLastGrad(torch.autograd.Function):
+    """Identity; its backward returns the gradient in channels-last memory format."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        return grad.contiguous(memory_format=torch.channels_last)
 
 
 class FastPathsMixin:
@@ -42,7 +65,20 @@ class FastPathsMixin:
             module = self.get_submodule(name)
             if module is not None:
                 module.to(memory_format=fmt)
+                for m in module.modules():  # the modules' own fast-path switches
+                    for flag in FAST_PATH_FLAGS:
+                        if hasattr(m, flag):
+                            setattr(m, flag, enabled)
         return self
+
+    def roi_features(self, features: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        """The feature maps as the RoI heads get them. Channels-last and recording gradients: each
+        map passes through an identity whose backward returns the gradient channels-last (the RoI
+        ops' backward writes NCHW; without this, autograd adds it to the RPN head's channels-last
+        gradient in mixed formats, and the FPN's backward runs on an NCHW gradient). Else as given."""
+        if not (self.channels_last and torch.is_grad_enabled()):
+            return features
+        return OrderedDict((k, _ChannelsLastGrad.apply(v) if v.requires_grad else v) for k, v in features.items())
 
     def optimize_for_inference(self, channels_last: bool = True, fold_batchnorm: bool = True):
         """Eval mode, the backbone's BatchNorm folded into its convolutions, channels-last.
