@@ -254,7 +254,7 @@ def test_resnet50_fpn_fast_path_float32_features_and_losses(tmp_path):
 
 
 def test_use_channels_last_switches_the_fast_path_flags_both_ways(tmp_path):
-    model = fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=3, min_size=64, max_size=64)
+    model = _r50(tmp_path, 64)  # FrozenBatchNorm2d, as the pretrained detectors
     flagged = [m for m in model.modules() if hasattr(m, "fold_frozen_bn") or hasattr(m, "fuse_sibling_convs")]
     assert any(isinstance(m, Bottleneck) for m in flagged) and any(isinstance(m, RPNHead) for m in flagged)
     assert any(isinstance(m, ConvNormAct) for m in flagged)
@@ -264,6 +264,11 @@ def test_use_channels_last_switches_the_fast_path_flags_both_ways(tmp_path):
     assert flags() == {False}
     model.use_channels_last(True)
     assert flags() == {True}
+    block = model.backbone.body.layer2[0]
+    x = torch.rand(1, 256, 8, 8).contiguous(memory_format=CL)
+    if torch.backends.mkldnn.is_available():  # training: the fused op; eval: the plain graph (inference
+        assert type(block.train()(x).grad_fn).__name__ == "_ConvReLUBackward"  # has optimize_for_inference)
+    assert type(block.eval()(x).grad_fn).__name__ == "ReluBackward0"
     model.use_channels_last(False)
     assert flags() == {False}
 

@@ -218,12 +218,13 @@ class ConvNormAct(nn.Sequential):
         super().__init__(*layers)
         self.out_channels = out_channels
 
-    # True: a FrozenBatchNorm2d at index 1 is folded into the conv on the fly (``conv_norm``); set by
-    # the detectors' ``use_channels_last()`` fast path. False: nn.Sequential's plain layer graph.
+    # True (and training): a FrozenBatchNorm2d at index 1 is folded into the conv on the fly and a ReLU
+    # runs inside the conv (``conv_norm``); set by the detectors' ``use_channels_last()`` fast path.
+    # False, or eval mode: nn.Sequential's plain layer graph.
     fold_frozen_bn = False
 
     def forward(self, x: Tensor) -> Tensor:
-        if not self.fold_frozen_bn:
+        if not (self.fold_frozen_bn and self.training):
             return super().forward(x)
         if len(self) == 2 and type(self[1]) is nn.ReLU:  # no norm: conv + ReLU (e.g. the RPN head's)
             return conv_norm(self[0], None, x, relu=True)
@@ -266,7 +267,7 @@ class BasicBlock(nn.Module):
     fold_frozen_bn = False  # see Bottleneck
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.fold_frozen_bn:
+        if self.fold_frozen_bn and self.training:
             identity = x if self.downsample is None else _downsample(self.downsample, x)
             out = conv_norm(self.conv1, self.bn1, x, relu=True)
             return conv_norm(self.conv2, self.bn2, out, relu=True, residual=identity)
@@ -290,13 +291,14 @@ class Bottleneck(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
 
-    # True: every FrozenBatchNorm2d is folded into its conv on the fly (``conv_norm``: no elementwise
-    # passes, same parameters); set by the detectors' ``use_channels_last()`` fast path. False:
-    # torchvision's layer graph.
+    # True (and training): every FrozenBatchNorm2d is folded into its conv on the fly, each conv with its
+    # ReLU (and the residual sum) as one op (``conv_norm``: no elementwise passes, same parameters); set
+    # by the detectors' ``use_channels_last()`` fast path. False, or eval mode (inference has its own
+    # path, ``optimize_for_inference``): torchvision's layer graph.
     fold_frozen_bn = False
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.fold_frozen_bn:  # the same function, fewer passes (conv_norm)
+        if self.fold_frozen_bn and self.training:  # the same function, fewer passes (conv_norm)
             identity = x if self.downsample is None else _downsample(self.downsample, x)
             out = conv_norm(self.conv1, self.bn1, x, relu=True)
             out = conv_norm(self.conv2, self.bn2, out, relu=True)
@@ -628,7 +630,7 @@ class _ResNetBody(nn.Module):
 
     def forward(self, x: Tensor) -> Dict[str, Tensor]:
         stem = self._stem
-        if self.fold_frozen_bn and stem[:3] == ["conv1", "bn1", "relu"]:
+        if self.fold_frozen_bn and self.training and stem[:3] == ["conv1", "bn1", "relu"]:
             x = conv_norm(self.conv1, self.bn1, x, relu=True)
             stem = stem[3:]
         for name in stem:

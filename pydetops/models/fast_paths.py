@@ -3,10 +3,11 @@
 ``use_channels_last(True)`` puts the detector's convolutional modules (``CHANNELS_LAST_MODULES``,
 dotted attribute names) and its input batch in channels-last memory format (NHWC): oneDNN's
 CPU convolutions run faster so, and pydetops' RoI ops read it in place. Training or inference.
-It also folds every FrozenBatchNorm2d of those modules into its convolution ON THE FLY
-(``backbones.conv_norm``: same parameters and ``state_dict``, no elementwise passes), runs the
-RPN head's two 1x1 predictors as one convolution, and keeps the gradients channels-last where the
-RoI ops' backward would hand back NCHW (``roi_features``); see ``FAST_PATH_FLAGS``.
+In training it also folds every FrozenBatchNorm2d of those modules into its convolution ON THE FLY
+(``backbones.conv_norm``: same parameters and ``state_dict``, no elementwise passes; conv, ReLU and
+the residual sum as one oneDNN op), runs the RPN head's two 1x1 predictors as one convolution, and
+keeps the gradients channels-last where the RoI ops' backward would hand back NCHW
+(``roi_features``); see ``FAST_PATH_FLAGS``. In eval mode those modules run their plain graph.
 
 ``optimize_for_inference()``: eval mode, the backbone's (Frozen)BatchNorm folded into its
 convolutions, channels-last. Inference only: the folded model's ``state_dict`` keys differ.
