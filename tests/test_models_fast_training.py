@@ -93,6 +93,12 @@ def test_conv_relu_without_grad_inputs_and_fallback_dtypes():
     xd, wd = x.double(), w.detach().double()
     yd = conv_relu(xd, wd, None)  # float64: the separate ops
     assert yd.dtype == torch.float64 and torch.equal(yd, F.relu(F.conv2d(xd, wd)))
+    # a residual in the other memory format: the separate ops (the post-op reads the output's layout)
+    xr = torch.randn(1, 4, 6, 6, generator=g).contiguous(memory_format=CL).requires_grad_()
+    r = torch.randn(1, 5, 6, 6, generator=g)
+    y = conv_relu(xr, w, None, residual=r)
+    assert type(y.grad_fn).__name__ == "ReluBackward0"
+    assert _rel(y, F.relu(F.conv2d(xr, w) + r)) < 1e-6
     with pytest.raises(ValueError, match="residual"):
         conv_norm(nn.Conv2d(4, 5, 1), None, x, residual=torch.zeros(1, 5, 6, 6))
 

@@ -127,7 +127,11 @@ def _pointwise_conv_usable(x: Tensor, weight: Tensor, residual: Optional[Tensor]
         return False
     if torch.is_autocast_enabled("cpu") or torch.jit.is_scripting() or torch.jit.is_tracing():
         return False
-    return residual is None or (residual.dtype == torch.float32 and residual.device.type == "cpu")
+    if residual is None:
+        return True
+    fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+    return (residual.dtype == torch.float32 and residual.device.type == "cpu"
+            and residual.is_contiguous(memory_format=fmt))  # the post-op reads it in the output's layout
 
 
 _HAS_POINTWISE_CONV = hasattr(torch.ops, "mkldnn") and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
