@@ -269,7 +269,9 @@ def _tv_train_case(kind: str, device: str, hw: Tuple[int, int]) -> Case:
         baseline, name, comparable = None, "none (torchvision not usable here)", False
         note = "without torchvision only pydetops is timed (random weights), no speed-up"
     note = (note + " " if note else "") + (
-        "ours with use_channels_last(True): channels-last backbone and RPN head, BatchNorm not folded (trainable)")
+        "ours with use_channels_last(True): channels-last backbone and RPN head; FrozenBatchNorm2d folded into "
+        "the convolutions on the fly (same parameters), conv+ReLU(+residual) fused, the RPN head's two 1x1 "
+        "predictors as one conv, channels-last gradients from the RoI heads (benchmarks/NOTES.md)")
     return Case(_NAMES[kind] + " train step channels-last", f"1 image {hw[0]}x{hw[1]}, forward+backward+SGD",
                 run_ours, baseline, name, device=device, comparable=comparable, note=note)
 

@@ -8,13 +8,13 @@ Feature maps are ``Tensor[N, C, H, W]``; a backbone's ``forward`` returns an ord
 ``name -> feature map`` (finest first), and ``out_channels`` is the channels of every map.
 """
 from collections import OrderedDict
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .fast_paths import FusedConv2d
+from .fast_paths import FusedConv2d, WinogradConv2d
 
 __all__ = [
     "FrozenBatchNorm2d",
@@ -32,6 +32,8 @@ __all__ = [
     "resnet_fpn_backbone",
     "mobilenet_v3_fpn_backbone",
     "fold_frozen_batchnorm_",
+    "conv_norm",
+    "conv_relu",
     "norm_layer_by_name",
     "single_map_backbone",
 ]
@@ -76,6 +78,124 @@ class FrozenBatchNorm2d(nn.Module):
         return f"{self.weight.shape[0]}, eps={self.eps}"
 
 
+def conv_norm(conv: nn.Module, norm: Optional[nn.Module], x: Tensor, fold: bool = True, relu: bool = False,
+              residual: Optional[Tensor] = None) -> Tensor:
+    """``norm(conv(x))``, then ``+ residual`` and ReLU if asked (``relu(norm(conv(x)) + residual)``).
+
+    With ``fold`` and a FrozenBatchNorm2d (or an Identity, or None: no norm) ``norm`` after an
+    ``nn.Conv2d``, the norm is folded into the convolution ON THE FLY: one convolution with weight
+    ``conv.weight * scale`` and bias ``shift (+ conv.bias * scale)``, no elementwise passes over the
+    map. With ``relu`` the ReLU (and the residual sum) then run inside the convolution where oneDNN
+    can (float32 CPU tensors: :func:`conv_relu`), else as separate ops.
+
+    Differentiable in ``conv.weight`` / ``conv.bias`` (their gradients are the folded ones times
+    ``scale``), in ``x`` and in ``residual``; the module's parameters and ``state_dict`` are untouched.
+    Equal to the unfolded composition up to float rounding (the product is rounded in a different
+    order). Without ``fold``, or for any other pair (a trainable BatchNorm2d, a fused conv module),
+    the plain layer graph runs. ``x``: Tensor[N, C_in, H, W]; ``residual``: the output's shape
+    Tensor[N, C_out, H', W'] (needs ``relu``).
+    """
+    if residual is not None and not relu:
+        raise ValueError("conv_norm: residual needs relu=True")
+    folded = _fold_on_the_fly(conv, norm) if fold else None
+    if folded is None:
+        out = conv(x) if norm is None else norm(conv(x))
+        if residual is not None:
+            out = out + residual
+        return torch.relu_(out) if relu else out
+    weight, bias = folded
+    if isinstance(conv, WinogradConv2d) and conv.runs_winograd(x, weight):
+        # Winograd's convolution (use_winograd): ReLU and the residual sum as separate ops
+        out = conv._conv_forward(x, weight, bias)
+        if residual is not None:
+            out = out + residual
+        return torch.relu_(out) if relu else out
+    if relu:
+        return conv_relu(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups, residual)
+    return conv._conv_forward(x, weight, bias)
+
+
+def _fold_on_the_fly(conv: nn.Module, norm: Optional[nn.Module]) -> Optional[Tuple[Tensor, Optional[Tensor]]]:
+    """(weight, bias) of ``conv`` with ``norm`` (None: none) folded in (differentiable), or None if not
+    foldable."""
+    if not isinstance(conv, nn.Conv2d) or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+        return None  # (nn.Conv2d or its Winograd form, WinogradConv2d)
+    if norm is None or isinstance(norm, nn.Identity):
+        return conv.weight, conv.bias
+    if not isinstance(norm, FrozenBatchNorm2d):
+        return None
+    scale, shift = norm.scale_shift()
+    weight = conv.weight * scale.reshape(-1, 1, 1, 1)
+    return weight, (shift if conv.bias is None else conv.bias * scale + shift)
+
+
+def _pointwise_conv_usable(x: Tensor, weight: Tensor, residual: Optional[Tensor]) -> bool:
+    if not (x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
+            and x.dim() == 4 and torch.backends.mkldnn.is_available() and _HAS_POINTWISE_CONV):
+        return False
+    if torch.is_autocast_enabled("cpu") or torch.jit.is_scripting() or torch.jit.is_tracing():
+        return False
+    if residual is None:
+        return True
+    fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+    return (residual.dtype == torch.float32 and residual.device.type == "cpu"
+            and residual.is_contiguous(memory_format=fmt))  # the post-op reads it in the output's layout
+
+
+_HAS_POINTWISE_CONV = hasattr(torch.ops, "mkldnn") and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+
+
+class _ConvReLU(torch.autograd.Function):
+    """relu(conv2d(x, weight, bias) [+ residual]) as ONE oneDNN convolution with post-ops (forward);
+    backward: ReLU's mask, then ``aten.convolution_backward`` (the gradients torch's own autograd
+    computes for the unfused ops; the residual's is the masked gradient itself)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, residual, stride, padding, dilation, groups):
+        ops = torch.ops.mkldnn._convolution_pointwise
+        if residual is None:
+            y = ops(x, weight, bias, padding, stride, dilation, groups, "relu", [], "")
+        else:
+            y = ops.binary(x, residual, weight, bias, padding, stride, dilation, groups, "add", None, "relu", [], "")
+        ctx.save_for_backward(x, weight, y)
+        ctx.conf = (stride, padding, dilation, groups, bias is not None, residual is not None)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight, y = ctx.saved_tensors
+        stride, padding, dilation, groups, has_bias, has_residual = ctx.conf
+        need = ctx.needs_input_grad
+        grad = torch.ops.aten.threshold_backward(grad, y, 0)
+        gx = gw = gb = None
+        mask = [need[0], need[1], has_bias and need[2]]
+        if any(mask):
+            gx, gw, gb = torch.ops.aten.convolution_backward(
+                grad, x, weight, [weight.shape[0]] if has_bias else None, list(stride), list(padding),
+                list(dilation), False, [0, 0], groups, mask)
+        return gx, gw, gb, (grad if has_residual and need[3] else None), None, None, None, None
+
+
+def conv_relu(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride=(1, 1), padding=(0, 0), dilation=(1, 1),
+              groups: int = 1, residual: Optional[Tensor] = None) -> Tensor:
+    """``relu(conv2d(x, weight, bias, stride, padding, dilation, groups) [+ residual])``.
+
+    On float32 CPU tensors one oneDNN convolution with the sum and the ReLU as post-ops (the same
+    values as the separate ops: the sum and max run in float32 on the accumulated result), with its
+    own backward (:class:`_ConvReLU`); elsewhere the separate ops. ``x``: Tensor[N, C_in, H, W],
+    ``weight``: Tensor[C_out, C_in / groups, kh, kw], ``residual``: Tensor[N, C_out, H', W'].
+    """
+    stride, padding, dilation = tuple(stride), tuple(padding), tuple(dilation)
+    if _pointwise_conv_usable(x, weight, residual):
+        if residual is not None and residual.shape[1:] != (weight.shape[0],) + tuple(residual.shape[2:]):
+            raise ValueError(f"residual: expected {weight.shape[0]} channels, got shape {list(residual.shape)}")
+        return _ConvReLU.apply(x, weight, bias, residual, stride, padding, dilation, groups)
+    out = F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+    if residual is not None:
+        out = out + residual
+    return torch.relu_(out)
+
+
 def _group_norm(num_features: int) -> nn.GroupNorm:
     groups = 32
     while num_features % groups:
@@ -109,6 +229,29 @@ class ConvNormAct(nn.Sequential):
             layers.append(activation_layer(inplace=True))
         super().__init__(*layers)
         self.out_channels = out_channels
+
+    # True (and training): a FrozenBatchNorm2d at index 1 is folded into the conv on the fly and a ReLU
+    # runs inside the conv (``conv_norm``); set by the detectors' ``use_channels_last()`` fast path.
+    # False, or eval mode: nn.Sequential's plain layer graph.
+    fold_frozen_bn = False
+    # Its forward computes its children in order (folded on the fly or not): the inference fusion pass
+    # (fast_paths.fuse_conv_activations_) may fuse them like a plain nn.Sequential's.
+    runs_children_in_order = True
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not (self.fold_frozen_bn and self.training):
+            return super().forward(x)
+        if len(self) == 2 and type(self[1]) is nn.ReLU:  # no norm: conv + ReLU (e.g. the RPN head's)
+            return conv_norm(self[0], None, x, relu=True)
+        if len(self) < 2:
+            return super().forward(x)
+        layers = list(self)
+        if len(layers) == 3 and type(layers[2]) is nn.ReLU:
+            return conv_norm(layers[0], layers[1], x, relu=True)
+        x = conv_norm(layers[0], layers[1], x)
+        for layer in layers[2:]:
+            x = layer(x)
+        return x
 
 
 # ---------------------------------------------------------------------------
@@ -154,7 +297,13 @@ class BasicBlock(nn.Module):
             self.conv1 = FusedConv2d.from_conv(self.conv1, "relu")
             self.conv2 = FusedConv2d.from_conv(self.conv2, "relu")
 
+    fold_frozen_bn = False  # see Bottleneck
+
     def forward(self, x: Tensor) -> Tensor:
+        if self.fold_frozen_bn and self.training:
+            identity = x if self.downsample is None else _downsample(self.downsample, x)
+            out = conv_norm(self.conv1, self.bn1, x, relu=True)
+            return conv_norm(self.conv2, self.bn2, out, relu=True, residual=identity)
         identity = x if self.downsample is None else self.downsample(x)
         if isinstance(self.conv2, FusedConv2d):  # fuse_(): relu(conv2(.) + identity) in one kernel
             return self.conv2(self.conv1(x), identity)
@@ -185,7 +334,18 @@ class Bottleneck(nn.Module):
             self.conv2 = FusedConv2d.from_conv(self.conv2, "relu")
             self.conv3 = FusedConv2d.from_conv(self.conv3, "relu")
 
+    # True (and training): every FrozenBatchNorm2d is folded into its conv on the fly, each conv with its
+    # ReLU (and the residual sum) as one op (``conv_norm``: no elementwise passes, same parameters); set
+    # by the detectors' ``use_channels_last()`` fast path. False, or eval mode (inference has its own
+    # path, ``optimize_for_inference``): torchvision's layer graph.
+    fold_frozen_bn = False
+
     def forward(self, x: Tensor) -> Tensor:
+        if self.fold_frozen_bn and self.training:  # the same function, fewer passes (conv_norm)
+            identity = x if self.downsample is None else _downsample(self.downsample, x)
+            out = conv_norm(self.conv1, self.bn1, x, relu=True)
+            out = conv_norm(self.conv2, self.bn2, out, relu=True)
+            return conv_norm(self.conv3, self.bn3, out, relu=True, residual=identity)
         identity = x if self.downsample is None else self.downsample(x)
         if isinstance(self.conv3, FusedConv2d):  # fuse_(): relu(conv3(.) + identity) in one kernel
             return self.conv3(self.conv2(self.conv1(x)), identity)
@@ -193,6 +353,13 @@ class Bottleneck(nn.Module):
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
         return self.relu(out + identity)
+
+
+def _downsample(downsample: nn.Module, x: Tensor) -> Tensor:
+    """A residual block's shortcut ``Sequential(conv1x1, norm)`` with the norm folded (``conv_norm``)."""
+    if isinstance(downsample, nn.Sequential) and len(downsample) == 2:
+        return conv_norm(downsample[0], downsample[1], x)
+    return downsample(x)
 
 
 class ResNet(nn.Module):
@@ -536,8 +703,14 @@ class _ResNetBody(nn.Module):
         """After folding: the stem's conv1 + relu as one FusedConv2d (the blocks fuse themselves)."""
         _fuse_stem_(self)
 
+    fold_frozen_bn = False  # True: the stem's conv1, bn1 (folded on the fly) and relu as one op (``conv_norm``)
+
     def forward(self, x: Tensor) -> Dict[str, Tensor]:
-        for name in self._stem:
+        stem = self._stem
+        if self.fold_frozen_bn and self.training and stem[:3] == ["conv1", "bn1", "relu"]:
+            x = conv_norm(self.conv1, self.bn1, x, relu=True)
+            stem = stem[3:]
+        for name in stem:
             x = getattr(self, name)(x)
         out: Dict[str, Tensor] = OrderedDict()
         for name in self._layers:

@@ -3,6 +3,11 @@
 ``use_channels_last(True)`` puts the detector's convolutional modules (``CHANNELS_LAST_MODULES``,
 dotted attribute names) and its input batch in channels-last memory format (NHWC): oneDNN's
 CPU convolutions run faster so, and pydetops' RoI ops read it in place. Training or inference.
+In training it also folds every FrozenBatchNorm2d of those modules into its convolution ON THE FLY
+(``backbones.conv_norm``: same parameters and ``state_dict``, no elementwise passes; conv, ReLU and
+the residual sum as one oneDNN op), runs the RPN head's two 1x1 predictors as one convolution, and
+keeps the gradients channels-last where the RoI ops' backward would hand back NCHW
+(``roi_features``); see ``FAST_PATH_FLAGS``. In eval mode those modules run their plain graph.
 
 ``optimize_for_inference()``: eval mode, the backbone's (Frozen)BatchNorm folded into its
 convolutions, channels-last, and every convolution fused with what follows it
@@ -24,7 +29,8 @@ Fusion adds no rounding for ReLU and the additions (bit-identical to the folded 
 model); oneDNN's Hardswish differs from torch's by float rounding (see :class:`FusedConv2d`). The
 plain model (the default) runs torchvision's exact layer graph and gives its detections.
 """
-from typing import List, Optional, Tuple
+from collections import OrderedDict
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -116,7 +122,7 @@ class FusedConv2d(nn.Module):
 
     @staticmethod
     def can_fuse(conv: nn.Module) -> bool:
-        return (type(conv) is nn.Conv2d and conv.padding_mode == "zeros"
+        return (type(conv) in (nn.Conv2d, WinogradConv2d) and conv.padding_mode == "zeros"
                 and not isinstance(conv.padding, str))
 
     def extra_repr(self) -> str:
@@ -256,8 +262,10 @@ def fuse_conv_activations_(module: nn.Module,
 
     1. Every submodule with a ``fuse_()`` method fuses its own convolutions (the residual blocks,
        the FPN's lateral convs + top-down addition, a ResNet stem): it knows its forward's graph.
-    2. In every ``nn.Sequential`` that runs its children in order (ConvNormAct, VGG's trunk, the
-       RPN / RetinaNet / mask / keypoint head convs; not a subclass with its own forward), each ``Conv2d`` followed (after ``Identity``s the folding left) by an activation
+    2. In every ``nn.Sequential`` that runs its children in order (nn.Sequential's own forward, or a
+       class saying ``runs_children_in_order = True``: ConvNormAct; VGG's trunk, the RPN /
+       RetinaNet / mask / keypoint head convs), each ``Conv2d`` followed (after ``Identity``s the
+       folding left) by an activation
        of ``activations`` becomes a FusedConv2d at the conv's index (same ``state_dict`` keys) and
        the activation an Identity.
 
@@ -268,7 +276,8 @@ def fuse_conv_activations_(module: nn.Module,
         if callable(fuse):
             fuse()
     for seq in list(module.modules()):
-        if not isinstance(seq, nn.Sequential) or type(seq).forward is not nn.Sequential.forward:
+        if not isinstance(seq, nn.Sequential) or not (type(seq).forward is nn.Sequential.forward
+                                                      or getattr(seq, "runs_children_in_order", False)):
             continue  # a Sequential with its own forward may read a conv's output before its activation
         names = [n for n, _ in seq.named_children()]
         for i, name in enumerate(names):
@@ -330,6 +339,24 @@ class WinogradConv2d(nn.Conv2d):
         return F.conv2d(input, weight, bias, self.stride, self.padding, self.dilation, self.groups)
 
 
+# Module attributes that ``use_channels_last()`` switches with it (each module documents its own):
+# ``fold_frozen_bn`` (ResNet blocks and stem, ConvNormAct: FrozenBatchNorm2d folded into the conv on
+# the fly), ``fuse_sibling_convs`` (RPNHead: its two 1x1 predictors as one convolution).
+FAST_PATH_FLAGS = ("fold_frozen_bn", "fuse_sibling_convs")
+
+
+class _ChannelsLastGrad(torch.autograd.Function):
+    """Identity; its backward returns the gradient in channels-last memory format."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        return grad.contiguous(memory_format=torch.channels_last)
+
+
 class FastPathsMixin:
     """Mixed into an ``nn.Module`` detector with a ``backbone``; the subclass names the modules
     that run channels-last in ``CHANNELS_LAST_MODULES`` and passes its input batch through
@@ -351,7 +378,20 @@ class FastPathsMixin:
             module = self.get_submodule(name)
             if module is not None:
                 module.to(memory_format=fmt)
+                for m in module.modules():  # the modules' own fast-path switches
+                    for flag in FAST_PATH_FLAGS:
+                        if hasattr(m, flag):
+                            setattr(m, flag, enabled)
         return self
+
+    def roi_features(self, features: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        """The feature maps as the RoI heads get them. Channels-last and recording gradients: each
+        map passes through an identity whose backward returns the gradient channels-last (the RoI
+        ops' backward writes NCHW; without this, autograd adds it to the RPN head's channels-last
+        gradient in mixed formats, and the FPN's backward runs on an NCHW gradient). Else as given."""
+        if not (self.channels_last and torch.is_grad_enabled()):
+            return features
+        return OrderedDict((k, _ChannelsLastGrad.apply(v) if v.requires_grad else v) for k, v in features.items())
 
     def use_winograd(self, enabled: bool = True):
         """Training or inference: every 3x3 stride-1 convolution of >= 64 channels computes with

@@ -163,7 +163,8 @@ class FasterRCNN(FastPathsMixin, nn.Module):
         # 3. region proposals
         proposals, proposal_losses = self.rpn(image_list, features, targets)
         # 4. Fast R-CNN head on the proposals
-        detections, detector_losses = self.roi_heads(features, proposals, image_list.image_sizes, targets)
+        detections, detector_losses = self.roi_heads(self.roi_features(features), proposals, image_list.image_sizes,
+                                                     targets)
         if self.training:
             return {**detector_losses, **proposal_losses}
         # 5. back to the input images' pixels

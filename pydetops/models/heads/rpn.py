@@ -36,12 +36,30 @@ class RPNHead(nn.Module):
                 nn.init.normal_(m.weight, std=0.01)
                 nn.init.zeros_(m.bias)
 
+    # True: ``cls_logits`` and ``bbox_pred`` run as ONE 1x1 convolution (their weights concatenated on
+    # the fly; same parameters): one pass over the shared map forward, one input gradient and no
+    # gradient sum backward. Set by the detectors' ``use_channels_last()`` fast path (training only).
+    # False, or eval mode: torchvision's two convolutions.
+    fuse_sibling_convs = False
+
     def forward(self, features: List[Tensor]) -> Tuple[List[Tensor], List[Tensor]]:
         logits, deltas = [], []
+        fused = self.fuse_sibling_convs and self.training and all(
+            type(c) is nn.Conv2d and c.bias is not None and c.kernel_size == (1, 1) and c.stride == (1, 1)
+            and c.groups == 1 for c in (self.cls_logits, self.bbox_pred))
+        if fused:
+            a = self.cls_logits.out_channels
+            weight = torch.cat([self.cls_logits.weight, self.bbox_pred.weight])
+            bias = torch.cat([self.cls_logits.bias, self.bbox_pred.bias])
         for f in features:
             t = self.conv(f)
-            logits.append(self.cls_logits(t))
-            deltas.append(self.bbox_pred(t))
+            if fused:
+                out = F.conv2d(t, weight, bias)
+                logits.append(out[:, :a])
+                deltas.append(out[:, a:])
+            else:
+                logits.append(self.cls_logits(t))
+                deltas.append(self.bbox_pred(t))
         return logits, deltas
 
 
