@@ -12,7 +12,7 @@
   channels-last backbone and RPN head): the speed-ups issue 10 asks for (R50 1.5x, MobileNet 2x).
 * ``faster_rcnn(backbone="tiny")`` training step (forward, backward, SGD), images/s; ours only
   (torchvision has no such backbone).
-* ``faster_rcnn_r50_fpn`` training step, ours with ``use_channels_last(True)`` against
+* ``faster_rcnn_r50_fpn`` training step, ours with ``use_channels_last(True).use_winograd(True)`` against
   torchvision's with the same weights, image and targets (the issue's 1.3x).
 
 ``benchmarks/faster_rcnn_speed.py`` (the longer side-by-side script with the optimized
@@ -214,9 +214,10 @@ def _inference_case(kind: str, device: str, hw: Tuple[int, int], min_size: int, 
                 "(random weights), no speed-up")
     if optimized:
         note = (note + " " if note else "") + (
-            "optimize_for_inference(): BatchNorm folded into the convolutions and a channels-last backbone; its "
-            "features differ from the plain model's by float rounding (~5e-6 relative), which can reorder "
-            "near-tied scores of a random-weight model (benchmarks/NOTES.md, issue 10)")
+            "optimize_for_inference(): BatchNorm folded into the convolutions, channels-last, each conv fused with "
+            "its ReLU / residual sum, the 3x3 stride-1 convs by Winograd F(2x2, 3x3); its features differ from the "
+            "plain model's by float rounding (~5e-6 relative), which can reorder near-tied scores of a "
+            "random-weight model (benchmarks/NOTES.md, issue 10)")
     config = f"1 image {hw[0]}x{hw[1]}, min_size {min_size}"
     op = _NAMES[kind] + (" inference optimized" if optimized else " inference")
     return Case(op, config, run_ours, baseline, name, device=device, comparable=comparable, note=note,
@@ -242,7 +243,7 @@ def _tv_train_case(kind: str, device: str, hw: Tuple[int, int]) -> Case:
                 theirs.train().to(device)
             else:
                 ours, theirs = ours_only(kind, min_size=min(hw), max_size=max(hw)), None
-            ours.train().to(device).use_channels_last(True)
+            ours.train().to(device).use_channels_last(True).use_winograd(True)
 
             def stepper(model):
                 opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-5, momentum=0.9)
@@ -269,9 +270,10 @@ def _tv_train_case(kind: str, device: str, hw: Tuple[int, int]) -> Case:
         baseline, name, comparable = None, "none (torchvision not usable here)", False
         note = "without torchvision only pydetops is timed (random weights), no speed-up"
     note = (note + " " if note else "") + (
-        "ours with use_channels_last(True): channels-last backbone and RPN head; FrozenBatchNorm2d folded into "
-        "the convolutions on the fly (same parameters), conv+ReLU(+residual) fused, the RPN head's two 1x1 "
-        "predictors as one conv, channels-last gradients from the RoI heads (benchmarks/NOTES.md)")
+        "ours with use_channels_last(True).use_winograd(True): channels-last backbone and RPN head; "
+        "FrozenBatchNorm2d folded into the convolutions on the fly (same parameters), conv+ReLU(+residual) fused, "
+        "the RPN head's two 1x1 predictors as one conv, channels-last gradients from the RoI heads, the 3x3 "
+        "stride-1 convs on large maps by Winograd F(2x2, 3x3) forward and backward (benchmarks/NOTES.md)")
     return Case(_NAMES[kind] + " train step channels-last", f"1 image {hw[0]}x{hw[1]}, forward+backward+SGD",
                 run_ours, baseline, name, device=device, comparable=comparable, note=note)
 
