@@ -463,7 +463,7 @@ def test_ssd300_defaults_as_torchvisions(tmp_path):
 def test_bench_cases_and_stage_timer():
     from pydetops.bench import _core, models_ssd
     cases = models_ssd.cases("cpu", quick=True)  # the models are built on a case's first call, not here
-    assert [c.op for c in cases] == ["ssd300_vgg16 inference", "ssd300_vgg16 inference (channels-last)",
+    assert [c.op for c in cases] == ["ssd300_vgg16 inference", "ssd300_vgg16 inference optimized",
                                      "ssd300_vgg16 postprocess", "ssd300_vgg16 postprocess", "ssd_tiny train step"]
     rows = _core.run_cases(cases[-1:], 3, progress=lambda msg: None)
     assert rows[0]["calls"] == 3 and rows[0]["baseline_ms"] is None and "images/s" in rows[0]["details"]

@@ -190,6 +190,7 @@ def _inference_case(kind: str, device: str, hw: Tuple[int, int], min_size: int, 
         baseline = run_theirs
         name = f"torchvision {tv.version} {'MaskRCNN' if kind == 'mask' else 'KeypointRCNN'}, same weights"
         comparable, note = True, ("ours after optimize_for_inference() (BatchNorm folded, channels-last backbone, "
+                                  "convs fused with their ReLU / residual sums, 3x3 stride-1 convs by Winograd, "
                                   "RPN head and mask / keypoint FCN); torchvision as it ships")
     else:
         baseline, name, comparable = None, "none (torchvision not usable here)", False

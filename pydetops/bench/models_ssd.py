@@ -5,8 +5,8 @@
   its classification convs made to score like a trained detector's (weights x 0.25 so that the
   scores are not saturated at 1.0, background logit + 7 so that most default boxes are
   background: ~11k of the 8732 x 90 (default box, class) pairs pass the 0.01 threshold).
-  Ours runs as torchvision does (contiguous NCHW); the ``channels-last`` row runs ours'
-  backbone and head in NHWC (:meth:`SSD.use_channels_last`), same weights.
+  Ours runs as torchvision does (contiguous NCHW); the ``optimized`` row runs ours after
+  :meth:`SSD.optimize_for_inference` (NHWC, fused, Winograd), same weights.
 * ``ssd300_vgg16 postprocess``: the selection alone (softmax, per class threshold 0.01 / top 400 /
   decode / clip / NMS 0.45, the 200 best) on the same head outputs: ours' one fused kernel call
   against torchvision's per-image, per-class loop (``SSD.postprocess_detections``); on the
@@ -144,7 +144,7 @@ def _inference_case(device: str, build, channels_last: bool) -> Case:
             m.load_state_dict(s["ours"].state_dict())
             m.eval().to(device)
             if channels_last:
-                m.use_channels_last()
+                m.optimize_for_inference()
             timer = SSDStageTimer(m)
             with torch.no_grad():
                 out = m([s["img"]])[0]
@@ -171,12 +171,14 @@ def _inference_case(device: str, build, channels_last: bool) -> Case:
             line += f"; {hit}/{total} of torchvision's detections in ours' {m['count']} (labels equal, 1e-3 px)"
         return line
 
-    name = "ssd300_vgg16 inference" + (" (channels-last)" if channels_last else "")
+    name = "ssd300_vgg16 inference" + (" optimized" if channels_last else "")
     config = "1 image 375x500 -> 300x300, 91 classes"
     if tv.usable:
         return Case(name, config, run_ours, run_theirs, f"torchvision {tv.version} ssd300_vgg16, same weights",
                     device=device, details=details,
-                    note="ours in NHWC (backbone and head), torchvision as it ships" if channels_last else "")
+                    note=("ours after optimize_for_inference() (NHWC backbone and head, each conv fused with its ReLU, "
+                          "the 3x3 stride-1 convs by Winograd F(2x2, 3x3)), torchvision as it ships")
+                    if channels_last else "")
     return Case(name, config, run_ours, None, "none (torchvision not usable here)", device=device, comparable=False,
                 note="a whole detector has no plain-torch equivalent: without torchvision only pydetops is timed "
                      "(random weights), no speed-up", details=details)
