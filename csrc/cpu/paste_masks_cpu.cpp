@@ -4,7 +4,9 @@
 // row). A row outside the mask's clipped integer box is zero-filled; a row
 // inside is zero left of the box, bilinear samples of the zero-padded mask
 // inside it (computed directly from the unpadded mask: taps that fall in the
-// padding read 0), zero right of it. No resized mask is materialised per RoI.
+// padding read 0), zero right of it. Separably: each task keeps the mask's
+// rows interpolated to the box's width (M x box width values, not a resized
+// mask), and an image row is a blend of two of them.
 // Each output element depends only on its own inputs, so the result does not
 // depend on the number of threads.
 //
@@ -59,6 +61,12 @@ void paste_masks_kernel(const at::Tensor& masks, const std::vector<pk::PasteBox>
   const int64_t rows = N * H;
   const int64_t grain = cpu::grain_for_item(std::max<int64_t>(W, 1) * 2);
   at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+    // Separable: value(y, x) = wy0 * h(r0, x) + wy1 * h(r1, x), with h(r, x) = wx0 * mask[r][c0] +
+    // wx1 * mask[r][c1] the horizontal interpolation of mask row r (0 in the padding): the same
+    // products and sums, in the same order, as the 2x2 formula. h is computed once per mask and
+    // task for the mask's rows (MH x box width) instead of at every pixel of every image row.
+    std::vector<acc_t> hrows, zeros;  // hrows[r * len + (x - xs)]
+    int64_t tapped = -1;              // the mask hrows is for
     for (int64_t r = begin; r < end; ++r) {
       const int64_t n = r / H, y = r % H;
       scalar_t* row = o + r * W;
@@ -72,29 +80,33 @@ void paste_masks_kernel(const at::Tensor& masks, const std::vector<pk::PasteBox>
         std::fill(row, row + xs, scalar_t(0));
         std::fill(row + xe, row + W, scalar_t(0));
       }
+      const int64_t len = xe - xs;
+      if (tapped != n) {
+        const double sx = static_cast<double>(PW) / static_cast<double>(b.w);  // as linear_tap
+        hrows.assign(static_cast<size_t>(MH * len), acc_t(0));
+        zeros.assign(static_cast<size_t>(len), acc_t(0));
+        for (int64_t x = xs; x < xe; ++x) {
+          const pk::LinearTap tx = pk::linear_tap_scaled(x - b.x0, PW, sx);
+          const int64_t c0 = tx.i0 - padding, c1 = tx.i1 - padding;
+          const bool in0 = c0 >= 0 && c0 < MW, in1 = c1 >= 0 && c1 < MW;
+          const acc_t wx0 = static_cast<acc_t>(tx.l0), wx1 = static_cast<acc_t>(tx.l1);
+          for (int64_t mr = 0; mr < MH; ++mr) {
+            const scalar_t* mrow = m + n * sN + mr * sH;
+            const acc_t v0 = in0 ? static_cast<acc_t>(mrow[c0 * sW]) : acc_t(0);
+            const acc_t v1 = in1 ? static_cast<acc_t>(mrow[c1 * sW]) : acc_t(0);
+            hrows[static_cast<size_t>(mr * len + (x - xs))] = wx0 * v0 + wx1 * v1;
+          }
+        }
+        tapped = n;
+      }
       // Rows of the padded mask this image row samples (taps in the padding read 0).
       const pk::LinearTap ty = pk::linear_tap(y - b.y0, PH, b.h);
       const int64_t r0 = ty.i0 - padding, r1 = ty.i1 - padding;
-      const scalar_t* m0 = (r0 >= 0 && r0 < MH) ? m + n * sN + r0 * sH : nullptr;
-      const scalar_t* m1 = (r1 >= 0 && r1 < MH) ? m + n * sN + r1 * sH : nullptr;
+      const acc_t* h0 = (r0 >= 0 && r0 < MH) ? hrows.data() + r0 * len : zeros.data();
+      const acc_t* h1 = (r1 >= 0 && r1 < MH) ? hrows.data() + r1 * len : zeros.data();
       const acc_t wy0 = static_cast<acc_t>(ty.l0), wy1 = static_cast<acc_t>(ty.l1);
-      const double sx = static_cast<double>(PW) / static_cast<double>(b.w);  // as linear_tap
-      for (int64_t x = xs; x < xe; ++x) {
-        const pk::LinearTap tx = pk::linear_tap_scaled(x - b.x0, PW, sx);
-        const int64_t c0 = tx.i0 - padding, c1 = tx.i1 - padding;
-        const bool in0 = c0 >= 0 && c0 < MW, in1 = c1 >= 0 && c1 < MW;
-        const acc_t wx0 = static_cast<acc_t>(tx.l0), wx1 = static_cast<acc_t>(tx.l1);
-        acc_t v00 = 0, v01 = 0, v10 = 0, v11 = 0;
-        if (m0) {
-          if (in0) v00 = static_cast<acc_t>(m0[c0 * sW]);
-          if (in1) v01 = static_cast<acc_t>(m0[c1 * sW]);
-        }
-        if (m1) {
-          if (in0) v10 = static_cast<acc_t>(m1[c0 * sW]);
-          if (in1) v11 = static_cast<acc_t>(m1[c1 * sW]);
-        }
-        row[x] = static_cast<scalar_t>(wy0 * (wx0 * v00 + wx1 * v01) + wy1 * (wx0 * v10 + wx1 * v11));
-      }
+      scalar_t* out_row = row + xs;
+      for (int64_t i = 0; i < len; ++i) out_row[i] = static_cast<scalar_t>(wy0 * h0[i] + wy1 * h1[i]);
     }
   });
 }
