@@ -172,19 +172,9 @@ def test_bottleneck_fast_path_matches_the_plain_block(channels_last):
 
 def _r50(tmp_path, size):
     """Built as torchvision's pretrained detector (weights given -> FrozenBatchNorm2d, 3 trainable
-    stages), random weights and random BatchNorm statistics."""
-    torch.manual_seed(0)
-    donor = fasterrcnn_resnet50_fpn(weights=None, min_size=size, max_size=size)
-    g = torch.Generator().manual_seed(1)
-    state = {k: v for k, v in donor.state_dict().items() if not k.endswith("num_batches_tracked")}
-    for name, buf in state.items():
-        if name.endswith("running_mean"):
-            buf.copy_(torch.randn(buf.shape, generator=g) * 0.1)
-        elif name.endswith("running_var"):
-            buf.copy_(torch.rand(buf.shape, generator=g) + 0.5)
-    path = tmp_path / "w.pt"
-    torch.save(state, path)
-    return fasterrcnn_resnet50_fpn(weights=str(path), min_size=size, max_size=size)
+    stages), random weights and random BatchNorm statistics: test_models_fast_paths' builder."""
+    from test_models_fast_paths import _model
+    return _model(fasterrcnn_resnet50_fpn, size, tmp_path)
 
 
 def _step(model, img, targets, dtype):
