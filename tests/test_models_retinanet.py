@@ -299,8 +299,9 @@ def test_variants_and_weights_round_trip(backbone, tmp_path):
         da, db = a(_images()), b(_images())
     for x, y in zip(da, db):
         assert len(x["boxes"]) > 0 and torch.equal(x["boxes"], y["boxes"]) and torch.equal(x["labels"], y["labels"])
-    # channels-last, BatchNorm-free backbone: the same detections within float tolerance
-    b.optimize_for_inference()
+    # channels-last, BatchNorm-free backbone, fused: the same detections within float tolerance (Winograd's
+    # other rounding reorders this random-weight model's near-tied scores: test_winograd_models.py checks it)
+    b.optimize_for_inference(winograd=False)
     with torch.no_grad():
         dc = b(_images())
     for x, y in zip(da, dc):
